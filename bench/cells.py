@@ -1,0 +1,102 @@
+"""Cells: one backend x one workload config x one harness config, and how a sweep expands to them."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import traceback
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import backends
+import workloads
+from bench.measure import HarnessConfig, measure
+from workloads.base import ConfigError
+
+VARIANT_MODES = ("default", "each", "grid")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Plain data (it crosses process boundaries); `id` is a hash of everything that shapes it."""
+
+    backend: dict[str, Any]
+    workload: dict[str, Any]
+    harness: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        blob = json.dumps([self.backend, self.workload, self.harness], sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+    def make_workload(self) -> workloads.Workload:
+        cls = workloads.get(self.workload["name"])
+        return cls(cls.Config(**self.workload))
+
+    @property
+    def label(self) -> str:
+        wl = self.make_workload()
+        return f"{self.backend['name']}/{wl.name}[{wl.variant}] seq={wl.cfg.seq_len} d={wl.cfg.d_model}"
+
+    def columns(self) -> dict[str, Any]:
+        """The identity columns every row of this cell carries."""
+        wl = self.make_workload()
+        sizes = {k: getattr(wl.cfg, k) for k in ("seq_len", "d_model", "n_heads", "lora_rank")}
+        return {"backend": self.backend["name"], "workload": wl.name, "variant": wl.variant, **sizes,
+                "d_ff": wl.d_ff, "cell_id": self.id, "backend_cfg": json.dumps(self.backend, sort_keys=True),
+                "workload_cfg": json.dumps(self.workload, sort_keys=True)}  # fmt: skip
+
+
+def failure_rows(status: str, message: str) -> list[dict[str, Any]]:
+    return [{"op": "total", "status": status, "error": message}]
+
+
+def run_cell(cell: Cell) -> list[dict[str, Any]]:
+    """Measure one cell here; an exception becomes an `error` row with its one-line message."""
+    try:
+        backend_cls = backends.get(cell.backend["name"])
+        missing = backend_cls.unavailable()
+        if missing:
+            return failure_rows("skipped", f"{backend_cls.name}: {missing}")
+        backend_cfg = backend_cls.Config(**cell.backend)
+        workload, harness = cell.make_workload(), HarnessConfig(**cell.harness)
+        return backend_cls.execute(backend_cfg, lambda backend: measure(backend, workload, harness))
+    except Exception as exc:  # a crashing backend must not stop the sweep
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        return failure_rows("error", f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})")
+
+
+def variant_configs(cls: type[workloads.Workload], sizes: dict[str, Any], mode: str) -> list[Any]:
+    """`default`: the default variant; `each`: also every other value of one switch at a time;
+    `grid`: every combination of switch values."""
+    if mode == "grid":
+        switches = list(cls.variants)
+        combos = [dict(zip(switches, values)) for values in itertools.product(*cls.variants.values())]
+    else:
+        combos = [{}]
+        if mode == "each":
+            defaults = cls.Config()
+            combos += [{s: v} for s, vals in cls.variants.items() for v in vals if v != getattr(defaults, s)]
+    return [cls.Config(**sizes, **combo, name=cls.name) for combo in combos]
+
+
+def expand(backend: Any, workload: Any, harness: HarnessConfig) -> list[Cell]:
+    """The cells of one job, validated; `backend` / `workload` are typed configs, possibly `all`."""
+    if backend.name == "all":
+        backend_cfgs = [backends.get(n).Config() for n in backends.installed()]
+    else:
+        backend_cfgs = [backend]
+    for cfg in backend_cfgs:
+        backends.get(cfg.name).validate(cfg)
+    if workload.name == "all":
+        if workload.variants not in VARIANT_MODES:
+            raise ConfigError(f"workload.variants={workload.variants}; allowed: {', '.join(VARIANT_MODES)}")
+        shared = {f.name: getattr(workload, f.name) for f in fields(workloads.WorkloadConfig) if f.name != "name"}
+        workload_cfgs = [c for cls in workloads.REGISTRY.values() for c in variant_configs(cls, shared, workload.variants)]
+    else:
+        workload_cfgs = [workload]
+    for cfg in workload_cfgs:
+        workloads.get(cfg.name).validate(cfg)
+    harness_data = asdict(harness)
+    return [Cell(asdict(b), asdict(w), harness_data) for w in workload_cfgs for b in backend_cfgs]

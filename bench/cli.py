@@ -1,0 +1,74 @@
+"""`encbench`: the hydra app that turns a command line into cells, measures them, and reports."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from bench import manifest
+from bench.cells import expand
+from bench.config import register, typed
+from bench.prepare import CONF_DIR, prepare, signature
+from bench.sweep import run_cells
+from workloads.base import ConfigError
+
+log = logging.getLogger("encbench")
+
+
+def launcher_info() -> tuple[str, int]:
+    """The launcher's name and how many jobs it runs at once (they skew each other's timings)."""
+    launcher = HydraConfig.get().launcher
+    name = str(launcher.get("_target_", "basic")).rsplit(".", 1)[-1]
+    n_jobs = launcher.get("n_jobs", 1)
+    return name, (n_jobs if n_jobs and n_jobs > 0 else 1)
+
+
+def run_job(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    job_dir = Path(hc.runtime.output_dir)
+    run_dir = Path(cfg.results_dir) / cfg.run_id
+    backend, workload, harness = typed(cfg)
+    cells = expand(backend, workload, harness)
+    name, parallel = launcher_info()
+    overrides = list(hc.overrides.task)
+    info = manifest.collect(run_id=cfg.run_id, overrides=overrides, signature=signature(overrides), launcher=name,
+                            jobs_in_parallel=parallel, config=OmegaConf.to_container(cfg))  # fmt: skip
+    manifest.write(job_dir, {**info, "status": "running", "cells": len(cells)})
+    status = "interrupted"
+    try:
+        tally = run_cells(cells, job_dir, run_dir, cfg.run_id, timeout_s=harness.timeout_s, resume=cfg.resume,
+                          progress=cfg.progress)  # fmt: skip
+        status = "finished"
+    finally:
+        manifest.write(job_dir, {**info, "status": status, "cells": len(cells)})
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(tally.items()) if n)
+    print(f"encbench: {len(cells)} cells ({counts}); results in {job_dir}/", flush=True)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def app(cfg: DictConfig) -> None:
+    try:
+        run_job(cfg)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+
+
+def main() -> None:
+    """Validate the whole command line first (one-line errors, exit 2), then hand it to hydra."""
+    try:
+        sys.argv[1:] = prepare(sys.argv[1:])
+    except ConfigError as exc:
+        print(f"encbench: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    register()
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Structured configs (dataclasses) registered with hydra's ConfigStore, and their typed view."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+import backends
+import workloads
+from backends.base import BackendConfig
+from bench.measure import HarnessConfig
+from workloads.base import ConfigError, WorkloadConfig
+
+
+@dataclass
+class AllBackendsConfig(BackendConfig):
+    """`backend=all`: every installed backend with its default config."""
+
+    name: str = "all"
+
+
+@dataclass
+class AllWorkloadsConfig(WorkloadConfig):
+    """`workload=all`: every workload at these sizes; `variants` is default, each or grid."""
+
+    name: str = "all"
+    variants: str = "each"
+
+
+@dataclass
+class EncbenchConfig:
+    backend: Any = MISSING
+    workload: Any = MISSING
+    harness: HarnessConfig = field(default_factory=HarnessConfig)
+    results_dir: str = "results"
+    run_id: str = MISSING  # set by the `encbench` entry point; names the run's directory
+    resume: bool = False
+    report: bool = True
+    progress: bool = True
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="encbench_schema", node=EncbenchConfig)
+    cs.store(group="backend", name="all", node=AllBackendsConfig)
+    for name in backends.names():
+        cs.store(group="backend", name=name, node=backends.get(name).Config)
+    cs.store(group="workload", name="all", node=AllWorkloadsConfig)
+    for name, cls in workloads.REGISTRY.items():
+        cs.store(group="workload", name=name, node=cls.Config)
+
+
+def validate_harness(h: HarnessConfig) -> None:
+    if h.repeats < 1 or h.warmup < 0:
+        raise ConfigError(f"harness.repeats={h.repeats}, harness.warmup={h.warmup}: need repeats >= 1, warmup >= 0")
+    if h.timeout_s <= 0 or h.budget_s <= 0:
+        raise ConfigError("harness.timeout_s and harness.budget_s must be positive (seconds)")
+
+
+def typed(cfg: DictConfig) -> tuple[Any, Any, HarnessConfig]:
+    """The backend, workload and harness configs as dataclass instances."""
+    harness = OmegaConf.to_object(cfg.harness)
+    validate_harness(harness)
+    return OmegaConf.to_object(cfg.backend), OmegaConf.to_object(cfg.workload), harness

@@ -1,0 +1,111 @@
+"""Before hydra runs anything: validate every job of the command line and fix the run id.
+
+Hydra reports user errors as multi-line messages with a stack-trace hint, and only when a job
+starts. `prepare` composes every job of a sweep up front, so a bad value in the fifth job stops
+the sweep before the first one runs, with one line naming the key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+import backends
+import workloads
+from bench import manifest
+from bench.cells import expand
+from bench.config import register, typed
+from workloads.base import ConfigError
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+MULTIRUN_FLAGS = {"-m", "--multirun"}
+NOT_IN_SIGNATURE = {"run_id", "resume", "progress", "report"}
+
+
+def signature(overrides: list[str]) -> list[str]:
+    """What identifies a sweep for `resume`: its overrides, minus run bookkeeping."""
+    return sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in NOT_IN_SIGNATURE)
+
+
+def one_line(exc: Exception) -> str:
+    """Hydra / OmegaConf error text reduced to one line with the key it concerns."""
+    text = str(exc)
+    key = re.search(r"full_key: (\S+)", text)
+    missing = re.search(r"Could not override '([^']+)'", text)
+    if missing and ("not in" in text or "Could not append" in text):
+        return f"{missing.group(1)} is not a known key; `encbench --cfg job` lists the keys"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return f"{key.group(1)}: {first}" if key and key.group(1) not in first else first
+
+
+def check_groups(overrides: list[str]) -> None:
+    choices = {"backend": ["all", *backends.names()], "workload": ["all", *workloads.REGISTRY]}
+    for item in overrides:
+        group, _, value = item.partition("=")
+        if group in choices and value not in choices[group]:
+            raise ConfigError(f"{group}={value} is unknown; choose one of: {', '.join(choices[group])}")
+
+
+def jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """Each job's overrides; a sweep (`a,b`, `range(...)`) expands only under -m, as in hydra."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        raise ConfigError(one_line(exc)) from None
+    if not multirun:
+        swept = [o.input_line for o in parsed if o.is_sweep_override()]
+        if swept:
+            raise ConfigError(f"{swept[0]} is a sweep; add -m to run one job per value")
+        return [overrides]
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def validate(job_overrides: list[list[str]]) -> None:
+    register()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="encbench"):
+        for job in job_overrides:
+            check_groups(job)
+            task = [o for o in job if not o.startswith("hydra")] + ["run_id=validate"]
+            try:
+                cfg = compose(config_name="config", overrides=task)
+                expand(*typed(cfg))
+            except (HydraException, OmegaConfBaseException) as exc:
+                raise ConfigError(one_line(exc)) from None
+
+
+def resume_target(results_dir: Path, sig: list[str]) -> str:
+    """The newest earlier run of the same sweep under `results_dir`."""
+    runs = sorted({manifest.read(p.parent)["run_id"] for p in manifest.find_manifests(results_dir)
+                   if manifest.read(p.parent).get("sweep_signature") == sig})  # fmt: skip
+    if not runs:
+        raise ConfigError(f"resume=true: no earlier run of this sweep under {results_dir}/; drop resume or pass run_id=<id>")
+    return runs[-1]
+
+
+def prepare(argv: list[str]) -> list[str]:
+    """Validate the command line and return it with `run_id=` added (ConfigError if invalid)."""
+    flags = [a for a in argv if a.startswith("-")]
+    if any(f not in MULTIRUN_FLAGS for f in flags):
+        return argv  # --help, --cfg, --info, ...: hydra's own commands, nothing runs
+    overrides = [a for a in argv if a not in MULTIRUN_FLAGS]
+    validate(jobs(overrides, multirun=bool(flags)))
+    given = dict(o.split("=", 1) for o in overrides if "=" in o)
+    if "run_id" in given:
+        return argv
+    results_dir = Path(given.get("results_dir", "results"))
+    if given.get("resume", "false").lower() in ("true", "yes", "on", "1"):
+        run_id = resume_target(results_dir, signature(overrides))
+    else:
+        run_id = stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        for n in range(2, 1000):
+            if not (results_dir / run_id).exists():
+                break
+            run_id = f"{stamp}-{n}"
+    return [*argv, f"run_id={run_id}"]

@@ -1,0 +1,86 @@
+"""Cells run in a child process, so a cell that hangs or crashes costs only itself.
+
+The worker is started once and reused across cells (backends may keep parties or caches alive
+in it). It leads its own process group: on a timeout, a crash or Ctrl-C the whole group,
+including any processes a backend started, is killed, and the next cell gets a fresh worker.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+from multiprocessing.connection import Connection
+from typing import Any
+
+from bench.cells import Cell, failure_rows, run_cell
+
+STARTUP_TIMEOUT_S = 300.0
+
+
+def _serve(conn: Connection) -> None:
+    os.setsid()  # own process group: killable as a whole, and Ctrl-C reaches only the parent
+    conn.send("ready")
+    while True:
+        try:
+            cell = conn.recv()
+        except EOFError:  # the parent is gone
+            return
+        if cell is None:
+            return
+        conn.send(run_cell(cell))
+
+
+class Worker:
+    """A reusable child process that measures one cell at a time, with a per-cell timeout."""
+
+    def __init__(self) -> None:
+        self.proc: mp.process.BaseProcess | None = None
+        self.conn: Connection | None = None
+
+    def _start(self) -> None:
+        ctx = mp.get_context("spawn")  # a clean interpreter: no state inherited from the sweep
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child,), name="encbench-worker")
+        self.proc.start()
+        child.close()
+        if not self.conn.poll(STARTUP_TIMEOUT_S) or self.conn.recv() != "ready":
+            self.kill()
+            raise RuntimeError("the measurement worker did not start")
+
+    def run(self, cell: Cell, timeout_s: float) -> list[dict[str, Any]]:
+        if self.proc is None or not self.proc.is_alive():
+            self._start()
+        self.conn.send(cell)
+        try:
+            ready = self.conn.poll(timeout_s)
+            if not ready:
+                self.kill()
+                return failure_rows("timeout", f"cell exceeded harness.timeout_s={timeout_s:g}; raise it or shrink the cell")
+            return self.conn.recv()
+        except (EOFError, ConnectionError):
+            self.proc.join(5)
+            code = self.proc.exitcode
+            self.kill()
+            return failure_rows("error", f"the backend crashed the worker process (exit code {code})")
+        except BaseException:  # Ctrl-C while waiting: take the busy worker down with us
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:  # no group (yet): kill the process itself
+                self.proc.kill()
+            self.proc.join()
+        if self.conn is not None:
+            self.conn.close()
+        self.proc = self.conn = None
+
+    def close(self) -> None:
+        """Stop an idle worker politely, then make sure its process group is gone."""
+        if self.proc is not None and self.proc.is_alive():
+            self.conn.send(None)
+            self.proc.join(10)
+        self.kill()

@@ -1,0 +1,15 @@
+"""Polynomial approximations that HE/MPC-friendly variants use, fitted once in float64."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from numpy.polynomial import Polynomial
+
+
+def chebyshev_fit(fn: Callable[[np.ndarray], np.ndarray], lo: float, hi: float, degree: int) -> list[float]:
+    """Least-squares fit of `fn` on Chebyshev nodes of [lo, hi]; power-basis coefficients, low first."""
+    n = 8 * (degree + 1)
+    nodes = (lo + hi) / 2 + (hi - lo) / 2 * np.cos(np.pi * (np.arange(n) + 0.5) / n)
+    return [float(c) for c in Polynomial.fit(nodes, fn(nodes), degree).convert().coef]

@@ -1,0 +1,89 @@
+"""`block`: a GPT-2 (pre-LayerNorm) transformer block.
+
+x + attn(ln1(x)) = h, then h + mlp(ln2(h)), with mlp = fc2(gelu(fc1(.))), width `d_ff`.
+Op names carry their part: `ln1.*`, `attn.*`, `ln2.*`, `mlp.*`; the residual additions are
+`attn.residual` and `mlp.residual`. Variant `gelu`: `exact` (erf), `poly` (degree `gelu_degree`
+least-squares fit on [-gelu_range, gelu_range]; max error 0.04 with the defaults), `quad`
+(MPCFormer: 0.125 x^2 + 0.25 x + 0.5), `relu`. `softmax` and `norm` are as in `attention_head`
+and `layernorm`.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import erf
+
+from workloads.approx import chebyshev_fit
+from workloads.attention import SOFTMAX_VARIANTS, AttentionConfig, attention, attention_weights_init, validate_attention
+from workloads.base import ConfigError, Workload, scoped
+from workloads.layernorm import NORM_VARIANTS, LayerNormConfig, layer_norm, validate_norm
+from workloads.ops import Ops
+
+GELU_VARIANTS = ("exact", "poly", "quad", "relu")
+QUAD_GELU = (0.5, 0.25, 0.125)
+
+
+@dataclass
+class BlockConfig(AttentionConfig, LayerNormConfig):
+    name: str = "block"
+    gelu: str = "exact"
+    gelu_range: float = 4.0
+    gelu_degree: int = 6
+
+
+@functools.cache
+def gelu_coeffs(bound: float, degree: int) -> list[float]:
+    return chebyshev_fit(lambda t: 0.5 * t * (1 + erf(t / np.sqrt(2))), -bound, bound, degree)
+
+
+def gelu(ops: Ops, cfg: BlockConfig, x):
+    if cfg.gelu == "exact":
+        return ops.gelu(x)
+    if cfg.gelu == "poly":
+        return ops.poly(x, gelu_coeffs(cfg.gelu_range, cfg.gelu_degree))
+    if cfg.gelu == "quad":
+        return ops.poly(x, QUAD_GELU)
+    return ops.relu(x)
+
+
+class Block(Workload):
+    name = "block"
+    Config = BlockConfig
+    variants = {"softmax": SOFTMAX_VARIANTS, "norm": NORM_VARIANTS, "gelu": GELU_VARIANTS}
+    uses_heads = True
+
+    @classmethod
+    def validate(cls, cfg):
+        super().validate(cfg)
+        validate_attention(cfg)
+        validate_norm(cfg)
+        if cfg.gelu_range <= 0 or cfg.gelu_degree < 1:
+            raise ConfigError("workload.gelu_range must be positive and workload.gelu_degree >= 1")
+
+    def inputs(self):
+        return {"x": self.randn(self.generator(0), self.cfg.seq_len, self.cfg.d_model)}
+
+    def weights(self):
+        gen, d, f = self.generator(1), self.cfg.d_model, self.d_ff
+        w = {f"attn.{k}": v for k, v in attention_weights_init(self, gen, d).items()}
+        for ln in ("ln1", "ln2"):
+            w[f"{ln}.gamma"] = 1 + self.randn(gen, d, std=0.1)
+            w[f"{ln}.beta"] = self.randn(gen, d, std=0.1)
+        w["mlp.w1"], w["mlp.b1"] = self.randn(gen, d, f, std=d**-0.5), self.randn(gen, f, std=0.1)
+        w["mlp.w2"], w["mlp.b2"] = self.randn(gen, f, d, std=f**-0.5), self.randn(gen, d, std=0.1)
+        return w
+
+    def forward(self, ops, rec, x, w):
+        cfg, x = self.cfg, x["x"]
+        a_in = layer_norm(ops, scoped(rec, "ln1"), cfg, x, w["ln1.gamma"], w["ln1.beta"])
+        attn_w = {k.removeprefix("attn."): v for k, v in w.items() if k.startswith("attn.")}
+        a_out = attention(ops, scoped(rec, "attn"), cfg, cfg.n_heads, a_in, attn_w)
+        h = rec("attn.residual", lambda: ops.add(x, a_out))
+        m_in = layer_norm(ops, scoped(rec, "ln2"), cfg, h, w["ln2.gamma"], w["ln2.beta"])
+        hidden = rec("mlp.fc1", lambda: ops.linear(m_in, w["mlp.w1"], w["mlp.b1"]))
+        act = rec("mlp.gelu", lambda: gelu(ops, cfg, hidden))
+        m_out = rec("mlp.fc2", lambda: ops.linear(act, w["mlp.w2"], w["mlp.b2"]))
+        return rec("mlp.residual", lambda: ops.add(h, m_out))
