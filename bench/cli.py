@@ -44,6 +44,9 @@ def run_job(cfg: DictConfig) -> None:
         tally = run_cells(cells, job_dir, run_dir, cfg.run_id, timeout_s=harness.timeout_s, resume=cfg.resume,
                           progress=cfg.progress)  # fmt: skip
         status = "finished"
+    except KeyboardInterrupt:
+        print(f"encbench: interrupted; finished cells are kept in {job_dir}/ (resume=true continues)", flush=True)
+        sys.exit(130)
     finally:
         manifest.write(job_dir, {**info, "status": status, "cells": len(cells)})
     counts = ", ".join(f"{n} {s}" for s, n in sorted(tally.items()) if n)

@@ -8,6 +8,7 @@ the sweep before the first one runs, with one line naming the key and the allowe
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import backends
@@ -34,15 +36,19 @@ def signature(overrides: list[str]) -> list[str]:
     return sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in NOT_IN_SIGNATURE)
 
 
-def one_line(exc: Exception) -> str:
-    """Hydra / OmegaConf error text reduced to one line with the key it concerns."""
-    text = str(exc)
+def one_line(exc: Exception, keys: Callable[[str], list[str]] | None = None) -> str:
+    """Hydra / OmegaConf error text reduced to one line naming the key; `keys(parent)` lists
+    the keys a parent node has, for an unknown-key error."""
+    text = str(exc.__cause__ or exc)
     key = re.search(r"full_key: (\S+)", text)
-    missing = re.search(r"Could not override '([^']+)'", text)
-    if missing and ("not in" in text or "Could not append" in text):
-        return f"{missing.group(1)} is not a known key; `encbench --cfg job` lists the keys"
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
-    return f"{key.group(1)}: {first}" if key and key.group(1) not in first else first
+    if not key:
+        return first
+    key = key.group(1)
+    if re.match(r"Key '[^']+' not in", first) and keys:
+        parent = key.rpartition(".")[0]
+        return f"{key} is not a known key; {parent or 'top-level'} keys: {', '.join(keys(parent))}"
+    return f"{key}: {first}"
 
 
 def check_groups(overrides: list[str]) -> None:
@@ -77,7 +83,14 @@ def validate(job_overrides: list[list[str]]) -> None:
                 cfg = compose(config_name="config", overrides=task)
                 expand(*typed(cfg))
             except (HydraException, OmegaConfBaseException) as exc:
-                raise ConfigError(one_line(exc)) from None
+                raise ConfigError(one_line(exc, lambda parent: keys_of(task, parent))) from None
+
+
+def keys_of(task: list[str], parent: str) -> list[str]:
+    """Keys of node `parent` in the config composed from `task` without its `parent.*` overrides."""
+    kept = [o for o in task if not o.startswith(f"{parent}.")] if parent else ["run_id=validate"]
+    node = compose(config_name="config", overrides=kept)
+    return list((OmegaConf.select(node, parent) if parent else node).keys())
 
 
 def resume_target(results_dir: Path, sig: list[str]) -> str:

@@ -39,6 +39,10 @@ class Worker:
         self.conn: Connection | None = None
 
     def _start(self) -> None:
+        if mp.get_start_method(allow_none=True) not in (None, "fork", "spawn", "forkserver"):
+            # In a joblib (loky) launcher job the global method is "loky", which a spawned child
+            # would try, and fail, to restore.
+            mp.set_start_method("spawn", force=True)
         ctx = mp.get_context("spawn")  # a clean interpreter: no state inherited from the sweep
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_serve, args=(child,), name="encbench-worker")

@@ -109,14 +109,18 @@ class TorchOps(Ops):
     def transpose(self, a):
         return a.transpose(-2, -1)
 
+    def _same_dtype(self, b):
+        """Public tensors (masks) are built in float64; compute in this backend's dtype."""
+        return b.to(self.dtype) if isinstance(b, torch.Tensor) else b
+
     def add(self, a, b):
-        return a + b
+        return a + self._same_dtype(b)
 
     def sub(self, a, b):
-        return a - b
+        return a - self._same_dtype(b)
 
     def mul(self, a, b):
-        return a * b
+        return a * self._same_dtype(b)
 
     def square(self, x):
         return x * x
