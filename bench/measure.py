@@ -12,7 +12,7 @@ from time import perf_counter
 from typing import Any
 
 from backends.base import Backend
-from bench.accuracy import errors
+from bench.accuracy import Reference, errors
 from bench.timing import OpTimer, median_iqr
 from workloads.base import Capture, Workload
 
@@ -39,8 +39,9 @@ class OnlineRun:
     total_s: float
     seconds: dict[str, float]
     counters: dict[str, dict[str, float]]
-    abs_error: float
-    rel_error: float
+    revealed: Any
+    abs_error: float = NAN
+    rel_error: float = NAN
 
 
 @dataclass
@@ -51,14 +52,15 @@ class CellMeasurement:
     op_errors: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
-def online_run(backend: Backend, workload: Workload, inputs, weights, reference) -> OnlineRun:
+def online_run(backend: Backend, workload: Workload, inputs, weights) -> OnlineRun:
+    """One timed run: protect, the workload's ops, reveal."""
     timer = OpTimer(backend)
     start = perf_counter()
     protected = timer("protect", lambda: backend.protect(inputs))
     out = backend.run(workload, timer, protected, weights)
     revealed = timer("reveal", lambda: backend.reveal(out))
     total = perf_counter() - start
-    return OnlineRun(total, timer.seconds, timer.counters, *errors(revealed, reference))
+    return OnlineRun(total, timer.seconds, timer.counters, revealed)
 
 
 def op_errors(backend: Backend, workload: Workload, inputs, weights, reference, ref_ops) -> dict:
@@ -68,20 +70,24 @@ def op_errors(backend: Backend, workload: Workload, inputs, weights, reference, 
     out = backend.run(workload, capture, protected, weights)
     found = {"protect": errors(backend.reveal(protected), inputs)}
     found.update({op: errors(v, ref_ops[op]) for op, v in capture.outputs.items() if op in ref_ops})
-    found["reveal"] = errors(backend.reveal(out), reference)
+    found["reveal"] = reference.errors(backend.reveal(out))
     return found
 
 
 def measure_cell(backend: Backend, workload: Workload, harness: HarnessConfig) -> CellMeasurement:
     inputs, weights = workload.inputs(), workload.weights()
-    reference, ref_ops = workload.reference()
+    output, ref_ops = workload.reference()
+    reference = Reference(output)
     start = perf_counter()
     handles = backend.setup(workload, weights)
     cell = CellMeasurement(setup_s=perf_counter() - start, op_names=list(ref_ops))
     for _ in range(harness.warmup):
-        online_run(backend, workload, inputs, handles, reference)
+        online_run(backend, workload, inputs, handles)
     while len(cell.runs) < max(harness.repeats, 1):
-        cell.runs.append(online_run(backend, workload, inputs, handles, reference))
+        run = online_run(backend, workload, inputs, handles)
+        run.abs_error, run.rel_error = reference.errors(run.revealed)  # every repeat: MPC errors vary
+        run.revealed = None
+        cell.runs.append(run)
         if sum(r.total_s for r in cell.runs) >= harness.budget_s:
             break
     if harness.per_op_error:

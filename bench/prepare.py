@@ -111,7 +111,7 @@ def prepare(argv: list[str]) -> list[str]:
     validate(jobs(overrides, multirun=bool(flags)))
     given = dict(o.split("=", 1) for o in overrides if "=" in o)
     if "run_id" in given:
-        return argv
+        return flags + overrides  # -m first: hydra's parser rejects it between overrides
     results_dir = Path(given.get("results_dir", "results"))
     if given.get("resume", "false").lower() in ("true", "yes", "on", "1"):
         run_id = resume_target(results_dir, signature(overrides))
@@ -121,4 +121,4 @@ def prepare(argv: list[str]) -> list[str]:
             if not (results_dir / run_id).exists():
                 break
             run_id = f"{stamp}-{n}"
-    return [*argv, f"run_id={run_id}"]
+    return [*flags, *overrides, f"run_id={run_id}"]
