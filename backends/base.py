@@ -148,4 +148,3 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Release keys, circuits or parties."""
-

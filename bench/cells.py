@@ -43,9 +43,16 @@ class Cell:
         """The identity columns every row of this cell carries."""
         wl = self.make_workload()
         sizes = {k: getattr(wl.cfg, k) for k in ("seq_len", "d_model", "n_heads", "lora_rank")}
-        return {"backend": self.backend["name"], "workload": wl.name, "variant": wl.variant, **sizes,
-                "d_ff": wl.d_ff, "cell_id": self.id, "backend_cfg": json.dumps(self.backend, sort_keys=True),
-                "workload_cfg": json.dumps(self.workload, sort_keys=True)}  # fmt: skip
+        return {
+            "backend": self.backend["name"],
+            "workload": wl.name,
+            "variant": wl.variant,
+            **sizes,
+            "d_ff": wl.d_ff,
+            "cell_id": self.id,
+            "backend_cfg": json.dumps(self.backend, sort_keys=True),
+            "workload_cfg": json.dumps(self.workload, sort_keys=True),
+        }
 
 
 def failure_rows(status: str, message: str) -> list[dict[str, Any]]:
@@ -72,7 +79,7 @@ def variant_configs(cls: type[workloads.Workload], sizes: dict[str, Any], mode: 
     `grid`: every combination of switch values."""
     if mode == "grid":
         switches = list(cls.variants)
-        combos = [dict(zip(switches, values)) for values in itertools.product(*cls.variants.values())]
+        combos = [dict(zip(switches, values, strict=True)) for values in itertools.product(*cls.variants.values())]
     else:
         combos = [{}]
         if mode == "each":
@@ -93,7 +100,9 @@ def expand(backend: Any, workload: Any, harness: HarnessConfig) -> list[Cell]:
         if workload.variants not in VARIANT_MODES:
             raise ConfigError(f"workload.variants={workload.variants}; allowed: {', '.join(VARIANT_MODES)}")
         shared = {f.name: getattr(workload, f.name) for f in fields(workloads.WorkloadConfig) if f.name != "name"}
-        workload_cfgs = [c for cls in workloads.REGISTRY.values() for c in variant_configs(cls, shared, workload.variants)]
+        workload_cfgs = [
+            c for cls in workloads.REGISTRY.values() for c in variant_configs(cls, shared, workload.variants)
+        ]
     else:
         workload_cfgs = [workload]
     for cfg in workload_cfgs:

@@ -36,13 +36,20 @@ def run_job(cfg: DictConfig) -> None:
     cells = expand(backend, workload, harness)
     name, parallel = launcher_info()
     overrides = list(hc.overrides.task)
-    info = manifest.collect(run_id=cfg.run_id, overrides=overrides, signature=signature(overrides), launcher=name,
-                            jobs_in_parallel=parallel, config=OmegaConf.to_container(cfg))  # fmt: skip
+    info = manifest.collect(
+        run_id=cfg.run_id,
+        overrides=overrides,
+        signature=signature(overrides),
+        launcher=name,
+        jobs_in_parallel=parallel,
+        config=OmegaConf.to_container(cfg),
+    )
     manifest.write(job_dir, {**info, "status": "running", "cells": len(cells)})
     status = "interrupted"
     try:
-        tally = run_cells(cells, job_dir, run_dir, cfg.run_id, timeout_s=harness.timeout_s, resume=cfg.resume,
-                          progress=cfg.progress)  # fmt: skip
+        tally = run_cells(
+            cells, job_dir, run_dir, cfg.run_id, timeout_s=harness.timeout_s, resume=cfg.resume, progress=cfg.progress
+        )
         status = "finished"
     except KeyboardInterrupt:
         print(f"encbench: interrupted; finished cells are kept in {job_dir}/ (resume=true continues)", flush=True)

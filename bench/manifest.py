@@ -7,7 +7,7 @@ import os
 import platform
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -47,13 +47,20 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def collect(*, run_id: str, overrides: list[str], signature: list[str], launcher: str,
-            jobs_in_parallel: int, config: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def collect(
+    *,
+    run_id: str,
+    overrides: list[str],
+    signature: list[str],
+    launcher: str,
+    jobs_in_parallel: int,
+    config: dict[str, Any],
+) -> dict[str, Any]:
     status = git("status", "--porcelain", "--untracked-files=no")
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
-        "started_at": datetime.now(timezone.utc).isoformat(),
+        "started_at": datetime.now(UTC).isoformat(),
         "git_commit": git("rev-parse", "HEAD"),
         "git_dirty": bool(status) if status is not None else None,
         "argv": sys.argv,

@@ -122,12 +122,30 @@ def tidy_rows(cell: CellMeasurement, backend: Backend, tolerance: float) -> list
         samples = [r.seconds[op] for r in cell.runs if op in r.seconds]
         med, iqr = median_iqr(samples)
         abs_err, rel_err = cell.op_errors.get(op, (NAN, NAN))
-        rows.append({"op": op, "latency_s": med, "latency_iqr_s": iqr, **common, **metrics, **counters,
-                     **error_columns(abs_err, rel_err, tolerance)})
+        rows.append(
+            {
+                "op": op,
+                "latency_s": med,
+                "latency_iqr_s": iqr,
+                **common,
+                **metrics,
+                **counters,
+                **error_columns(abs_err, rel_err, tolerance),
+            }
+        )
     med, iqr = median_iqr([r.total_s for r in cell.runs])
     worst = max(cell.runs, key=lambda r: r.abs_error)
-    rows.append({"op": "total", "latency_s": med, "latency_iqr_s": iqr, **common, **totals, **metrics,
-                 **error_columns(worst.abs_error, worst.rel_error, tolerance)})
+    rows.append(
+        {
+            "op": "total",
+            "latency_s": med,
+            "latency_iqr_s": iqr,
+            **common,
+            **totals,
+            **metrics,
+            **error_columns(worst.abs_error, worst.rel_error, tolerance),
+        }
+    )
     return rows
 
 

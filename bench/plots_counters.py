@@ -103,7 +103,9 @@ def accuracy(frame: pd.DataFrame) -> Figure | None:
     rows = frame[(frame["status"] == "ok") & (frame["max_abs_error"] > 0)]
     panels = []
     for workload, wrows in rows.groupby("workload", sort=False):
-        wrows = representative(wrows)
+        # the representative size point, plus every cell with an op above tolerance: no cliff goes unseen
+        keep = set(representative(wrows)["cell_id"]) | set(wrows.loc[wrows["cliff"], "cell_id"])
+        wrows = wrows[wrows["cell_id"].isin(keep)]
         height = max(3.2, 0.3 * wrows["op"].nunique() + 1.6)
         panels.append((height, lambda ax, w=workload, r=wrows: error_panel(ax, w, r)))
     swept = n_bits_groups(frame)
@@ -116,11 +118,12 @@ def error_panel(ax: Axes, workload: str, rows: pd.DataFrame) -> None:
     ops = op_order(rows["op"])
     cells = sort_cells(rows.drop_duplicates("cell_id"))
     step = 0.7 / max(len(cells), 1)
+    several = rows["sizes"].nunique() > 1
     for j, (_, cell) in enumerate(cells.iterrows()):
         mine = rows[rows["cell_id"] == cell["cell_id"]].set_index("op").reindex(ops)
         y = np.arange(len(ops)) + (j - (len(cells) - 1) / 2) * step
         ax.scatter(mine["max_abs_error"], y, color=colour(cell["backend"]), marker=MARKERS[j % len(MARKERS)], s=28,
-                   label=wrap(cell["series"], 45), zorder=3)  # fmt: skip
+                   label=wrap(cell["series"] + (f" [{cell['sizes']}]" if several else ""), 45), zorder=3)  # fmt: skip
         bad = mine["cliff"].eq(True).to_numpy()
         ax.scatter(mine["max_abs_error"][bad], y[bad], marker="x", color=CLIFF, s=110, linewidths=2.2, zorder=4)
     for (backend, tol), _ in cells.groupby(["backend", "tolerance"], sort=False):

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.results import ROWS_FILE, load
+
 SIZES = ("seq_len", "d_model", "n_heads", "d_ff", "lora_rank")
 MATCH = ("workload", "variant", *SIZES)  # one workload point: the join key with plaintext for overhead
 KEY = ("backend", *MATCH, "backend_cfg", "workload_cfg")  # a cell across runs: no run_id, no harness config
@@ -60,6 +62,7 @@ def add_labels(frame: pd.DataFrame) -> pd.DataFrame:
     frame["series"] = join(frame["backend"], frame["variant"], frame["tag"]) + warn
     head = frame["backend"].astype(str) + "/" + frame["workload"].astype(str) + "[" + frame["variant"] + "]"
     frame["cell"] = join(head, frame["sizes"], frame["tag"]) + warn
+    frame["row"] = join(frame["backend"], frame["variant"], frame["sizes"], frame["tag"]) + warn  # within a workload
     return frame
 
 
@@ -106,6 +109,22 @@ def tags(frame: pd.DataFrame, exclude: tuple[str, ...] = ()) -> pd.Series:
 def short(value: Any, limit: int = 24) -> str:
     text = str(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class ResultsError(ValueError):
+    """A results path that cannot be used (missing, no rows); the message is one line."""
+
+
+def read_run(path: str | Path) -> tuple[pd.DataFrame, str]:
+    """The tidy rows of one run under `path` (see `select_run`) and its run_id."""
+    path = Path(path)
+    if not path.exists():
+        raise ResultsError(f"{path}: no such file or directory")
+    frame = load(path)
+    if frame.empty or frame["run_id"].isna().all():
+        raise ResultsError(f"{path}: no result rows ({ROWS_FILE}) found")
+    frame, run = select_run(frame, path)
+    return tidy(frame), run
 
 
 def select_run(frame: pd.DataFrame, path: str | Path) -> tuple[pd.DataFrame, str]:

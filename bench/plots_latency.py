@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from bench.plots_data import (
     MATCH,
@@ -167,6 +168,7 @@ def overhead(frame: pd.DataFrame) -> Figure | None:
     ax.set_xscale("log")
     ax.axvline(1, color="black", linewidth=0.8)
     ax.margins(x=0.12)
+    ax.set_xlim(left=0.5)
     ax.set_xlabel("slowdown: total online latency ÷ plaintext's for the same cell (×, log)")
     ax.set_title("Overhead factor against plaintext", loc="left")
     return fig
@@ -219,9 +221,12 @@ def setup_parts(ax: Axes, parts: pd.DataFrame) -> None:
     other = (parts["setup_s"] - known.sum(axis=1)).clip(lower=0.0)
     stack = known.assign(other_s=other)
     y, left = np.arange(len(parts)), np.zeros(len(parts))
+    used, names = [], []
     for column, hatch in zip(stack.columns, ("", "//", "..", "xx"), strict=True):
         if stack[column].sum() <= 0:
             continue
+        used.append(hatch)
+        names.append(column.removesuffix("_s").replace("_", " "))
         share = stack[column] / stack.sum(axis=1) * 100
         ax.barh(y, share, left=left, color=[colour(b) for b in parts["backend"]], hatch=hatch, edgecolor="white",
                 alpha=0.85, label=column.removesuffix("_s").replace("_", " "))  # fmt: skip
@@ -231,4 +236,5 @@ def setup_parts(ax: Axes, parts: pd.DataFrame) -> None:
     ax.set_xlim(0, 100)
     ax.set_xlabel("share of setup time (%) — hatch marks the component")
     ax.set_title("Setup by component", loc="left")
-    legend_right(ax)
+    handles = [Patch(facecolor="grey", edgecolor="white", hatch=h, label=n) for h, n in zip(used, names, strict=True)]
+    legend_right(ax, handles=handles)

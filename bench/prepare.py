@@ -83,7 +83,7 @@ def validate(job_overrides: list[list[str]]) -> None:
                 cfg = compose(config_name="config", overrides=task)
                 expand(*typed(cfg))
             except (HydraException, OmegaConfBaseException) as exc:
-                raise ConfigError(one_line(exc, lambda parent: keys_of(task, parent))) from None
+                raise ConfigError(one_line(exc, lambda parent, task=task: keys_of(task, parent))) from None
 
 
 def keys_of(task: list[str], parent: str) -> list[str]:
@@ -95,10 +95,17 @@ def keys_of(task: list[str], parent: str) -> list[str]:
 
 def resume_target(results_dir: Path, sig: list[str]) -> str:
     """The newest earlier run of the same sweep under `results_dir`."""
-    runs = sorted({manifest.read(p.parent)["run_id"] for p in manifest.find_manifests(results_dir)
-                   if manifest.read(p.parent).get("sweep_signature") == sig})  # fmt: skip
+    runs = sorted(
+        {
+            manifest.read(p.parent)["run_id"]
+            for p in manifest.find_manifests(results_dir)
+            if manifest.read(p.parent).get("sweep_signature") == sig
+        }
+    )
     if not runs:
-        raise ConfigError(f"resume=true: no earlier run of this sweep under {results_dir}/; drop resume or pass run_id=<id>")
+        raise ConfigError(
+            f"resume=true: no earlier run of this sweep under {results_dir}/; drop resume or pass run_id=<id>"
+        )
     return runs[-1]
 
 

@@ -18,10 +18,28 @@ import pandas as pd
 SCHEMA_VERSION = 1
 ROWS_FILE = "rows.jsonl"
 COLUMNS = (
-    "run_id", "backend", "workload", "variant", "seq_len", "d_model", "n_heads", "op", "latency_s",
-    "latency_iqr_s", "repeats", "setup_s", "pbs", "rounds", "comm_bytes", "ct_bytes", "key_bytes",
-    "max_abs_error", "security_bits", "status", "error",
-)  # fmt: skip
+    "run_id",
+    "backend",
+    "workload",
+    "variant",
+    "seq_len",
+    "d_model",
+    "n_heads",
+    "op",
+    "latency_s",
+    "latency_iqr_s",
+    "repeats",
+    "setup_s",
+    "pbs",
+    "rounds",
+    "comm_bytes",
+    "ct_bytes",
+    "key_bytes",
+    "max_abs_error",
+    "security_bits",
+    "status",
+    "error",
+)
 FINISHED = ("ok", "skipped")  # statuses that `resume` does not run again
 
 
@@ -78,8 +96,18 @@ def load(path: str | Path) -> pd.DataFrame:
     for column in COLUMNS:
         if column not in frame:
             frame[column] = None
-    numeric = ["latency_s", "latency_iqr_s", "setup_s", "pbs", "rounds", "comm_bytes", "ct_bytes",
-               "key_bytes", "max_abs_error", "security_bits"]  # fmt: skip
+    numeric = [
+        "latency_s",
+        "latency_iqr_s",
+        "setup_s",
+        "pbs",
+        "rounds",
+        "comm_bytes",
+        "ct_bytes",
+        "key_bytes",
+        "max_abs_error",
+        "security_bits",
+    ]
     frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")
     return frame[list(COLUMNS) + [c for c in frame.columns if c not in COLUMNS]]
 

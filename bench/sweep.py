@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tqdm import tqdm
@@ -14,8 +14,16 @@ from bench.results import ROWS_FILE, RowWriter, finished_cells
 from bench.worker import Worker
 
 
-def run_cells(cells: list[Cell], job_dir: Path, run_dir: Path, run_id: str, *, timeout_s: float,
-              resume: bool = False, progress: bool = True) -> Counter:  # fmt: skip
+def run_cells(
+    cells: list[Cell],
+    job_dir: Path,
+    run_dir: Path,
+    run_id: str,
+    *,
+    timeout_s: float,
+    resume: bool = False,
+    progress: bool = True,
+) -> Counter:
     """Measure `cells` into `job_dir/rows.jsonl`; with `resume`, skip cells finished in `run_dir`.
 
     Returns the count of cells per status (plus `resumed` for cells skipped as already done).
@@ -31,8 +39,12 @@ def run_cells(cells: list[Cell], job_dir: Path, run_dir: Path, run_id: str, *, t
             bar.set_description(cell.label)
             start = time.perf_counter()
             rows = worker.run(cell, timeout_s)
-            stamp = {"run_id": run_id, **cell.columns(), "finished_at": datetime.now(timezone.utc).isoformat(),
-                     "cell_wall_s": time.perf_counter() - start}  # fmt: skip
+            stamp = {
+                "run_id": run_id,
+                **cell.columns(),
+                "finished_at": datetime.now(UTC).isoformat(),
+                "cell_wall_s": time.perf_counter() - start,
+            }
             rows = [{**stamp, **row} for row in rows]
             writer.write(rows)
             total = rows[-1]

@@ -60,7 +60,9 @@ class Worker:
             ready = self.conn.poll(timeout_s)
             if not ready:
                 self.kill()
-                return failure_rows("timeout", f"cell exceeded harness.timeout_s={timeout_s:g}; raise it or shrink the cell")
+                return failure_rows(
+                    "timeout", f"cell exceeded harness.timeout_s={timeout_s:g}; raise it or shrink the cell"
+                )
             return self.conn.recv()
         except (EOFError, ConnectionError):
             self.proc.join(5)

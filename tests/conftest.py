@@ -19,5 +19,10 @@ def faulty_backend(monkeypatch):
 
 def encbench(*args: str, results: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the real `encbench` command line, writing under `results`."""
-    return subprocess.run([str(ENCBENCH), f"results_dir={results}", "progress=false", "report=false", *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO)  # fmt: skip
+    return subprocess.run(
+        [str(ENCBENCH), f"results_dir={results}", "progress=false", "report=false", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )

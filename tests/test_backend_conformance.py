@@ -32,15 +32,16 @@ class BackendConformance:
     sizes = {"seq_len": 4, "d_model": 16, "n_heads": 2, "d_ff": 32, "lora_rank": 2}
 
     @pytest.fixture(scope="class")
-    def results(self):
-        cls = backends.get(self.backend)
+    @classmethod
+    def results(suite):
+        cls = backends.get(suite.backend)
         if cls.unavailable():
             pytest.skip(cls.unavailable())
         found = {}
-        for wl in variant_cells(self.sizes):
+        for wl in variant_cells(suite.sizes):
             workload = Cell({}, wl, {}).make_workload()
             found[(workload.name, workload.variant)] = cls.execute(
-                cls.Config(**self.config), lambda b, w=workload: bench.measure(b, w, HARNESS)
+                cls.Config(**suite.config), lambda b, w=workload: bench.measure(b, w, HARNESS)
             )
         return cls, found
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 from conftest import ENCBENCH, REPO, encbench
+from test_harness import pid_alive
 
 import bench
-from test_harness import pid_alive
 
 
 def manifests(results):
@@ -34,20 +34,36 @@ def test_default_quick_sweep_runs_every_workload_on_plaintext(tmp_path, monkeypa
 
 
 def test_multirun_sweep_shares_one_run(tmp_path):
-    done = encbench("-m", "backend=plaintext", "workload=attention_head,layernorm", "workload.seq_len=8,16",
-                    "workload.d_model=32", results=tmp_path)  # fmt: skip
+    done = encbench(
+        "-m",
+        "backend=plaintext",
+        "workload=attention_head,layernorm",
+        "workload.seq_len=8,16",
+        "workload.d_model=32",
+        results=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     frame = bench.load(tmp_path)
     totals = frame[frame.op == "total"]
-    assert sorted(zip(totals.workload, totals.seq_len)) == [("attention_head", 8), ("attention_head", 16),
-                                                            ("layernorm", 8), ("layernorm", 16)]  # fmt: skip
+    assert sorted(zip(totals.workload, totals.seq_len, strict=True)) == [
+        ("attention_head", 8),
+        ("attention_head", 16),
+        ("layernorm", 8),
+        ("layernorm", 16),
+    ]
     assert frame.run_id.nunique() == 1 and (totals.d_model == 32).all()
     assert len(manifests(tmp_path)) == 4
 
 
 def test_parallel_launcher_records_jobs_in_parallel(tmp_path):
-    done = encbench("-m", "hydra/launcher=parallel", "backend=plaintext", "workload=layernorm",
-                    "workload.seq_len=4,8", results=tmp_path)  # fmt: skip
+    done = encbench(
+        "-m",
+        "hydra/launcher=parallel",
+        "backend=plaintext",
+        "workload=layernorm",
+        "workload.seq_len=4,8",
+        results=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert [m["jobs_in_parallel"] for m in manifests(tmp_path)] == [2, 2]
     assert (bench.load(tmp_path).status == "ok").all()
@@ -81,8 +97,12 @@ def test_failing_cells_are_recorded_while_the_sweep_finishes(tmp_path):
     done = encbench("backend=faulty", "backend.fault_op=softmax", "workload.variants=default", results=tmp_path)
     assert done.returncode == 0, done.stderr
     totals = bench.load(tmp_path).query("op == 'total'").set_index("workload")
-    assert totals.status.to_dict() == {"attention_head": "error", "layernorm": "ok", "block": "error",
-                                       "lora_update": "ok"}  # fmt: skip
+    assert totals.status.to_dict() == {
+        "attention_head": "error",
+        "layernorm": "ok",
+        "block": "error",
+        "lora_update": "ok",
+    }
     assert totals.error["block"].startswith("RuntimeError: injected fault in softmax")
     assert "4 cells (2 error, 2 ok)" in done.stdout
 
@@ -99,8 +119,16 @@ def test_resume_continues_the_same_run_without_measuring_again(tmp_path):
 
 def test_ctrl_c_keeps_finished_cells_and_leaves_no_process(tmp_path):
     pid_file = tmp_path / "party.pid"
-    args = ["backend=faulty", "backend.fault=hang", "backend.fault_op=gelu", f"backend.pid_file={pid_file}",
-            "workload.variants=default", f"results_dir={tmp_path}", "progress=false", "report=false"]  # block hangs
+    args = [
+        "backend=faulty",
+        "backend.fault=hang",
+        "backend.fault_op=gelu",
+        f"backend.pid_file={pid_file}",
+        "workload.variants=default",
+        f"results_dir={tmp_path}",
+        "progress=false",
+        "report=false",
+    ]  # block hangs
     proc = subprocess.Popen([str(ENCBENCH), *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not pid_file.exists() and time.time() < deadline:

@@ -28,8 +28,16 @@ def measure(backend_name="plaintext", workload=None, harness=FAST, **backend_cfg
 
 def test_plaintext_rows_per_op_and_total():
     rows = measure()
-    assert [r["op"] for r in rows] == ["protect", "qkv_proj", "qk_matmul", "softmax", "av_matmul", "out_proj",
-                                       "reveal", "total"]  # fmt: skip
+    assert [r["op"] for r in rows] == [
+        "protect",
+        "qkv_proj",
+        "qk_matmul",
+        "softmax",
+        "av_matmul",
+        "out_proj",
+        "reveal",
+        "total",
+    ]
     for row in rows:
         assert row["status"] == "ok" and row["repeats"] == 3
         assert row["latency_s"] > 0 and row["latency_iqr_s"] >= 0 and row["setup_s"] >= 0
@@ -57,8 +65,9 @@ def test_unsupported_variant_is_skipped_with_reason(monkeypatch):
     monkeypatch.setattr(cls, "capabilities", narrowed)
     wl = Cell({}, {"name": "attention_head", "softmax": "gaussian"}, {}).make_workload()
     rows = cls.execute(cls.Config(), lambda b: bench.measure(b, wl, FAST))
-    assert rows == [{"op": "total", "status": "skipped",
-                     "error": "plaintext: softmax=gaussian is not supported (supported: exact)"}]  # fmt: skip
+    assert rows == [
+        {"op": "total", "status": "skipped", "error": "plaintext: softmax=gaussian is not supported (supported: exact)"}
+    ]
 
 
 def test_quick_sweep_cells_cover_every_workload_and_variant():
@@ -106,7 +115,9 @@ def plaintext():
 def test_raising_crashing_and_hanging_cells_are_recorded_and_the_sweep_goes_on(tmp_path):
     pid_file = tmp_path / "child.pid"
     cells = cells_for(plaintext(), faulty("raise"), workload=LayerNormConfig(seq_len=4))
-    cells += cells_for(plaintext(), faulty("crash"), faulty("hang", pid_file=str(pid_file)), workload=LayerNormConfig(seq_len=5))
+    cells += cells_for(
+        plaintext(), faulty("crash"), faulty("hang", pid_file=str(pid_file)), workload=LayerNormConfig(seq_len=5)
+    )
     cells += cells_for(plaintext(), workload=LayerNormConfig(seq_len=6))
     before = children_of(os.getpid())
     tally = run_cells(cells, tmp_path, tmp_path, "t", timeout_s=8, progress=False)

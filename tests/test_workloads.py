@@ -55,7 +55,9 @@ def test_softmax_variants_match_their_formulas(variant):
         "power": lambda: masked_normalised(s**cfg.power_p, cfg.norm_eps),
         "quad2": lambda: masked_normalised((s + cfg.quad_c) ** 2, cfg.norm_eps),
         "relu": lambda: masked_normalised(torch.relu(s), cfg.norm_eps),
-        "gaussian": lambda: torch.tril(torch.exp(-torch.cdist(q, k) ** 2 / (2 * cfg.gaussian_sigma**2 * math.sqrt(d)))),
+        "gaussian": lambda: torch.tril(
+            torch.exp(-(torch.cdist(q, k) ** 2) / (2 * cfg.gaussian_sigma**2 * math.sqrt(d)))
+        ),
     }[variant]()
     probs = wl.reference()[1]["softmax"]
     assert torch.allclose(probs, expected, atol=TOL, rtol=0)

@@ -97,8 +97,7 @@ class Workload(ABC):
             value = getattr(cfg, switch)
             if value not in allowed:
                 raise ConfigError(
-                    f"workload.{switch}={value} is not a variant of {cls.name}; "
-                    f"allowed: {', '.join(allowed)}"
+                    f"workload.{switch}={value} is not a variant of {cls.name}; allowed: {', '.join(allowed)}"
                 )
 
     @property
@@ -146,4 +145,3 @@ class Workload(ABC):
 
 def divisors(n: int) -> list[int]:
     return [k for k in range(1, n + 1) if n % k == 0]
-

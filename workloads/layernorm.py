@@ -33,9 +33,7 @@ class LayerNormConfig(WorkloadConfig):
 
 def validate_norm(cfg: LayerNormConfig) -> None:
     if not 0 < cfg.rsqrt_lo < cfg.rsqrt_hi:
-        raise ConfigError(
-            f"workload.rsqrt_lo={cfg.rsqrt_lo}, rsqrt_hi={cfg.rsqrt_hi}: need 0 < rsqrt_lo < rsqrt_hi"
-        )
+        raise ConfigError(f"workload.rsqrt_lo={cfg.rsqrt_lo}, rsqrt_hi={cfg.rsqrt_hi}: need 0 < rsqrt_lo < rsqrt_hi")
     if cfg.rsqrt_degree < 1 or cfg.newton_steps < 0:
         raise ConfigError("workload.rsqrt_degree must be >= 1 and workload.newton_steps >= 0")
 

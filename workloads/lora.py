@@ -28,8 +28,7 @@ class LoraUpdate(Workload):
         super().validate(cfg)
         if cfg.lora_rank > cfg.d_model:
             raise ConfigError(
-                f"workload.lora_rank={cfg.lora_rank} exceeds workload.d_model={cfg.d_model}; "
-                "choose a rank <= d_model"
+                f"workload.lora_rank={cfg.lora_rank} exceeds workload.d_model={cfg.d_model}; choose a rank <= d_model"
             )
 
     @property

@@ -1,0 +1,184 @@
+"""The report's tables (pandas): latency and counter pivots per workload, accuracy cliffs, insecure cells,
+failures; each a `Table` of display strings with CSS marks that render to HTML and markdown alike."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from bench.plots_data import (
+    COUNTERS,
+    backend_rank,
+    fmt_bytes,
+    fmt_count,
+    fmt_error,
+    fmt_seconds,
+    op_order,
+    sort_cells,
+)
+
+MARKERS_NOTE = ("Markers: ⚠CLIFF error above tolerance (accurate = false); ⚠INSECURE parameters below 128-bit "
+                "security; ≈ latency estimated by a cost model; † per-op latency from a circuit compiled for that op "
+                "alone (isolated); – not measured (e.g. ops fused into one circuit).")  # fmt: skip
+MD_STRONG = ("cliff", "insecure", "bad")
+
+
+@dataclass
+class Table:
+    """Display strings (the index holds the row labels) with an optional CSS class per cell and per label."""
+
+    data: pd.DataFrame
+    marks: pd.DataFrame | None = None
+    label_marks: list[str] | None = None
+    index_name: str = ""
+    wrap: tuple[str, ...] = ()
+
+    def cells(self):
+        for i, (label, row) in enumerate(self.data.iterrows()):
+            marks = [self.marks.iat[i, j] if self.marks is not None else "" for j in range(len(row))]
+            yield (
+                (label, self.label_marks[i] if self.label_marks else ""),
+                list(zip(row.index, row, marks, strict=True)),
+            )
+
+    def to_html(self) -> str:
+        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [self.index_name, *self.data.columns])
+        body = []
+        for (label, mark), row in self.cells():
+            tds = [td(label, mark)] + [td(v, f"{m} wrap".strip() if c in self.wrap else m) for c, v, m in row]
+            body.append("<tr>" + "".join(tds) + "</tr>")
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+    def to_markdown(self) -> str:
+        header = [self.index_name or " ", *map(str, self.data.columns)]
+        lines = ["| " + " | ".join(md(h, "") for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        for (label, mark), row in self.cells():
+            lines.append("| " + " | ".join([md(label, mark), *(md(v, m) for _, v, m in row)]) + " |")
+        return "\n".join(lines)
+
+
+def td(value: Any, mark: str) -> str:
+    return f"<td class='{mark}'>{html.escape(str(value))}</td>" if mark else f"<td>{html.escape(str(value))}</td>"
+
+
+def md(value: Any, mark: str) -> str:
+    text = str(value).replace("|", "\\|").replace("\n", " ")
+    return f"**{text}**" if text and any(m in mark for m in MD_STRONG) else text
+
+
+def ok_rows(frame: pd.DataFrame, workload: str) -> pd.DataFrame:
+    rows = frame[(frame["workload"] == workload) & (frame["status"] == "ok")]
+    return sort_cells(rows).drop_duplicates(["cell_id", "op"])
+
+
+def by_op(rows: pd.DataFrame, values: list, cells: pd.Series, ops: list[str], fill: Any = "") -> pd.DataFrame:
+    """values (one per row) laid out as cell x op."""
+    table = rows.assign(_v=values).set_index(["cell_id", "op"])["_v"].unstack()
+    return table.reindex(index=cells, columns=ops).fillna(fill)
+
+
+def latency_text(row: Any) -> str:
+    text = ("≈" if row.estimated else "") + fmt_seconds(row.latency_s) + ("†" if row.isolated else "")
+    return f"⚠CLIFF {text}" if row.cliff else text
+
+
+def latency_pivot(frame: pd.DataFrame, workload: str) -> Table:
+    """Cells x ops of median latency, then setup and repeats; cliffs and insecure cells marked."""
+    rows = ok_rows(frame, workload)
+    cells = rows.drop_duplicates("cell_id")
+    ops = op_order(rows["op"])
+    data = by_op(rows, [latency_text(r) for r in rows.itertuples()], cells["cell_id"], ops)
+    marks = by_op(rows, list(rows["cliff"].map({True: "cliff", False: ""})), cells["cell_id"], ops)
+    data["setup"] = list(cells["setup_s"].map(fmt_seconds))
+    data["repeats"] = list(cells["repeats"].map(fmt_count))
+    marks["setup"] = marks["repeats"] = ""
+    data.index = list(cells["row"])
+    return Table(data, marks, list(cells["insecure"].map({True: "insecure", False: ""})), "cell")
+
+
+def counter_text(row: pd.Series) -> str:
+    parts = [f"{name} {fmt_count(row[c])}" for name, c in (("pbs", "pbs"), ("rounds", "rounds"), ("depth", "depth"))
+             if pd.notna(row[c])]  # fmt: skip
+    if pd.notna(row["comm_bytes"]):
+        split = [fmt_bytes(row[c]) for c in ("comm_bytes_p0", "comm_bytes_p1") if pd.notna(row[c])]
+        parts.append(f"comm {fmt_bytes(row['comm_bytes'])}" + (f" ({' / '.join(split)})" if split else ""))
+    if pd.notna(row["ct_bytes"]):
+        parts.append(f"ct {fmt_bytes(row['ct_bytes'])}")
+    return ", ".join(parts)
+
+
+def counter_pivot(frame: pd.DataFrame, workload: str) -> Table | None:
+    """Cells x ops of the deterministic counters, then the cell-level key size, security and n_bits."""
+    rows = ok_rows(frame, workload)
+    rows = rows[rows["cell_id"].isin(rows.loc[rows[list(COUNTERS)].notna().any(axis=1), "cell_id"])]
+    if rows.empty:
+        return None
+    cells = rows.drop_duplicates("cell_id")
+    total = rows[rows["op"] == "total"].set_index("cell_id").reindex(cells["cell_id"])
+    ops = op_order(rows["op"])
+    data = by_op(rows, [counter_text(r) for _, r in rows.iterrows()], cells["cell_id"], ops)
+    marks = pd.DataFrame("", index=data.index, columns=data.columns)
+    for name, column, fmt in (("keys", "key_bytes", fmt_bytes), ("security bits", "security_bits", fmt_count),
+                              ("n_bits", "n_bits", fmt_count)):  # fmt: skip
+        if total[column].notna().any():
+            data[name] = list(total[column].map(fmt))
+            marks[name] = ""
+    if "security bits" in data:
+        low = list(total["insecure"].fillna(False))
+        data["security bits"] = [
+            f"⚠INSECURE {v}" if bad else v for v, bad in zip(data["security bits"], low, strict=True)
+        ]
+        marks["security bits"] = ["insecure" if bad else "" for bad in low]
+    data.index = list(cells["row"])
+    return Table(data, marks, list(cells["insecure"].map({True: "insecure", False: ""})), "cell")
+
+
+def cliff_table(frame: pd.DataFrame) -> Table | None:
+    rows = sort_cells(frame[(frame["status"] == "ok") & frame["cliff"]])
+    if rows.empty:
+        return None
+    data = pd.DataFrame({"op": list(rows["op"]), "max abs error": list(rows["max_abs_error"].map(fmt_error)),
+                         "tolerance": list(rows["tolerance"].map(fmt_error)),
+                         "× tolerance": [f"{e / t:.3g}" if t else "–" for e, t in
+                                         zip(rows["max_abs_error"], rows["tolerance"], strict=True)]},
+                        index=list(rows["cell"]))  # fmt: skip
+    marks = pd.DataFrame("", index=data.index, columns=data.columns).assign(**{"max abs error": "cliff"})
+    return Table(data, marks, index_name="cell")
+
+
+def insecure_table(frame: pd.DataFrame) -> Table | None:
+    rows = sort_cells(frame[frame["insecure"]])
+    if rows.empty:
+        return None
+    bits = rows.groupby("cell_id", sort=False)["security_bits"].min()
+    cells = rows.drop_duplicates("cell_id")
+    data = pd.DataFrame({"security bits": [fmt_count(bits[c]) for c in cells["cell_id"]]}, index=list(cells["cell"]))
+    return Table(data, data.map(lambda _: "insecure"), index_name="cell")
+
+
+def failure_table(frame: pd.DataFrame) -> Table | None:
+    rows = sort_cells(frame[(frame["op"] == "total") & (frame["status"] != "ok")])
+    if rows.empty:
+        return None
+    data = pd.DataFrame({"status": list(rows["status"]), "message": list(rows["error"].fillna(""))},
+                        index=list(rows["cell"]))  # fmt: skip
+    marks = pd.DataFrame({"status": "bad", "message": ""}, index=data.index)
+    return Table(data, marks, index_name="cell", wrap=("message",))
+
+
+def status_table(frame: pd.DataFrame) -> Table:
+    """Cells per backend and status."""
+    totals = frame[frame["op"] == "total"]
+    counts = totals.groupby(["backend", "status"])["cell_id"].nunique().unstack(fill_value=0)
+    counts = counts.reindex(sorted(counts.index, key=backend_rank))
+    known = [s for s in ("ok", "skipped", "error", "timeout") if s in counts]
+    counts = counts[known + [s for s in counts if s not in known]]
+    data = counts.astype(str).assign(cells=counts.sum(axis=1).astype(str))
+    marks = pd.DataFrame("", index=data.index, columns=data.columns)
+    for column in ("error", "timeout"):
+        if column in counts:
+            marks[column] = ["bad" if n else "" for n in counts[column]]
+    return Table(data, marks, index_name="backend")

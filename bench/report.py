@@ -1,0 +1,239 @@
+"""`encbench-report PATH [--out DIR]`: a report from stored results only (nothing is re-run).
+
+Writes `DIR/<run_id>/index.html` (self-contained apart from the PNG figures beside it; opens from disk)
+and `report.md` (the same content as markdown, to paste into a PR), with the run manifest on top.
+PATH may be a run directory, a job directory, a rows file, or a results directory holding several runs;
+then the run named by PATH (or a parent of it) is used, else the run that finished last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.manifest import MANIFEST_FILE
+from bench.plots import Plot, draw_all
+from bench.plots_data import ResultsError, read_run
+from bench.plots_tables import (
+    MARKERS_NOTE,
+    Table,
+    cliff_table,
+    counter_pivot,
+    failure_table,
+    insecure_table,
+    latency_pivot,
+    status_table,
+)
+from bench.results import row_files
+
+Block = tuple[str, Any]  # (kind, payload): h1/h2/h3/p/alert text, table Table, img Plot, details (summary, text)
+
+
+def build(results_path: str | Path, reports_dir: str | Path = "reports") -> Path:
+    """Build the report of the run under `results_path` into `reports_dir/<run_id>/`; returns that directory."""
+    frame, run_id = read_run(results_path)
+    out = Path(reports_dir) / run_id
+    plots = draw_all(frame, out)
+    manifests = run_manifests(results_path, run_id)
+    blocks = document(frame, run_id, Path(results_path), manifests, plots)
+    (out / "index.html").write_text(to_html(blocks, f"encbench report {run_id}"), encoding="utf-8")
+    (out / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
+    return out
+
+
+def run_manifests(path: str | Path, run_id: str) -> dict[str, dict[str, Any]]:
+    """The manifest next to each rows file of the run, by job directory name."""
+    found = {}
+    for rows in row_files(path):
+        if first_run_id(rows) != run_id:
+            continue
+        file = rows.parent / MANIFEST_FILE
+        try:
+            found[rows.parent.name] = json.loads(file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+    return found
+
+
+def first_run_id(rows_file: Path) -> str | None:
+    with open(rows_file, encoding="utf-8") as f:
+        for line in f:
+            try:
+                return json.loads(line).get("run_id")
+            except (json.JSONDecodeError, AttributeError):
+                continue
+    return None
+
+
+def document(frame: pd.DataFrame, run_id: str, path: Path, manifests: dict, plots: list[Plot]) -> list[Block]:
+    built = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    blocks: list[Block] = [
+        ("h1", f"encbench report: run {run_id}"),
+        ("p", f"Built {built} from the stored results in {path} (nothing was re-run)."),
+        ("h2", "Run manifest"),
+        *manifest_blocks(manifests),
+        ("h2", "Summary"),
+        ("table", status_table(frame)),
+        *warning_blocks(frame),
+        ("h2", "Plots"),
+    ]
+    if not plots:
+        blocks.append(("p", "No plot has data in this run."))
+    for plot in plots:
+        blocks += [("h3", plot.title), ("img", plot)]
+    blocks.append(("h2", "Tables"))
+    for workload in frame.loc[frame["status"] == "ok", "workload"].unique():
+        blocks += [
+            ("h3", f"{workload}: latency per op (median over repeats)"),
+            ("table", latency_pivot(frame, workload)),
+        ]
+        counters = counter_pivot(frame, workload)
+        if counters is not None:
+            blocks += [("h3", f"{workload}: counters per op"), ("table", counters)]
+    blocks += [("p", MARKERS_NOTE), ("h2", "Failed, skipped and timed-out cells")]
+    failures = failure_table(frame)
+    blocks.append(("table", failures) if failures is not None else ("p", "None: every cell ran."))
+    return blocks
+
+
+def warning_blocks(frame: pd.DataFrame) -> list[Block]:
+    """Accuracy cliffs and insecure parameters, on top where nobody can miss them."""
+    blocks: list[Block] = []
+    cliffs = cliff_table(frame)
+    if cliffs is not None:
+        n = len(cliffs.data)
+        blocks += [("alert", f"⚠ ACCURACY CLIFF: {n} op row(s) have an error above their tolerance."),
+                   ("table", cliffs)]  # fmt: skip
+    insecure = insecure_table(frame)
+    if insecure is not None:
+        blocks += [("alert", f"⚠ INSECURE: {len(insecure.data)} cell(s) ran with parameters below 128-bit security."),
+                   ("table", insecure)]  # fmt: skip
+    return blocks
+
+
+COMMON_FIELDS = ("run_id", "started_at", "git_commit", "argv", "launcher", "jobs_in_parallel", "cpu_model", "cores",
+                 "platform", "python", "libraries", "schema_version")  # fmt: skip
+JOB_FIELDS = ("status", "cells", "overrides")
+
+
+def manifest_blocks(manifests: dict[str, dict[str, Any]]) -> list[Block]:
+    """The fields every job shares once, then one line per job, then the full manifests folded away."""
+    if not manifests:
+        return [("p", f"No {MANIFEST_FILE} was found next to these rows.")]
+    values = {}
+    for field in COMMON_FIELDS:
+        seen = [m[field] for m in manifests.values() if field in m]
+        if seen and field != "started_at":
+            values[field] = seen[0] if all(v == seen[0] for v in seen) else "(differs per job, see below)"
+        elif seen:
+            values[field] = min(seen)
+    first = next(iter(manifests.values()))
+    if "git_commit" in values and first.get("git_dirty"):
+        values["git_commit"] = f"{values['git_commit']} (with uncommitted changes)"
+    common = pd.DataFrame({"value": [show(v) for v in values.values()]}, index=list(values))
+    jobs = pd.DataFrame({f: [show(m.get(f, "")) for m in manifests.values()] for f in JOB_FIELDS},
+                        index=list(manifests))  # fmt: skip
+    blocks: list[Block] = [("table", Table(common, index_name="field")), ("table", Table(jobs, index_name="job"))]
+    parallel = max(int(m.get("jobs_in_parallel") or 1) for m in manifests.values())
+    if parallel > 1:
+        blocks.append(("alert", f"Jobs ran {parallel} at a time: their latencies may skew each other."))
+    job, full = next(iter(manifests.items()))
+    blocks.append(("details", (f"Full manifest of job {job} (the others differ as listed above)",
+                               json.dumps(full, indent=2, default=str))))  # fmt: skip
+    return blocks
+
+
+def show(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" if v is not None else f"{k} (not installed)" for k, v in value.items())
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1260px;margin:1.5em auto;padding:0 1em;
+color:#222;line-height:1.4}
+h1{font-size:1.6em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}h3{margin-top:1.6em}
+.scroll{overflow-x:auto;margin:.4em 0 1.2em}
+table{border-collapse:collapse;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:right;white-space:nowrap;vertical-align:top}
+th{background:#f3f3f3}th:first-child,td:first-child{text-align:left}
+td.wrap{white-space:normal;text-align:left;min-width:30em}
+td.cliff{background:#d62728;color:#fff;font-weight:bold}
+td.insecure{background:#ffd43b;font-weight:bold}
+td.bad{color:#d62728;font-weight:bold}
+.alert{border-left:6px solid #d62728;background:#fdecea;padding:.6em 1em;font-weight:bold;margin:1em 0}
+figure{margin:.5em 0 1.5em}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{color:#555;font-size:13px}
+pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:12px}
+"""
+
+
+def to_html(blocks: list[Block], title: str) -> str:
+    parts = [f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{CSS}</style></head><body>"]  # fmt: skip
+    for kind, payload in blocks:
+        if kind in ("h1", "h2", "h3", "p"):
+            parts.append(f"<{kind}>{html.escape(payload)}</{kind}>")
+        elif kind == "alert":
+            parts.append(f"<div class='alert'>{html.escape(payload)}</div>")
+        elif kind == "table":
+            parts.append(f"<div class='scroll'>{payload.to_html()}</div>")
+        elif kind == "img":
+            parts.append(f"<figure><img src='{html.escape(payload.file)}' alt='{html.escape(payload.title)}'>"
+                         f"<figcaption>{html.escape(payload.caption)}</figcaption></figure>")  # fmt: skip
+        elif kind == "details":
+            summary, text = payload
+            parts.append(f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre></details>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    parts = []
+    for kind, payload in blocks:
+        if kind in ("h1", "h2", "h3"):
+            parts.append("#" * int(kind[1]) + " " + payload)
+        elif kind == "p":
+            parts.append(payload)
+        elif kind == "alert":
+            parts.append(f"> **{payload}**")
+        elif kind == "table":
+            parts.append(payload.to_markdown())
+        elif kind == "img":
+            parts.append(f"![{payload.title}]({payload.file})\n\n*{payload.caption}*")
+        elif kind == "details":
+            summary, text = payload
+            parts.append(f"<details><summary>{summary}</summary>\n\n```json\n{text}\n```\n\n</details>")
+    return "\n\n".join(parts) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: prints the paths of index.html and report.md; 2 on an unusable PATH."""
+    parser = argparse.ArgumentParser(prog="encbench-report", description=__doc__.split("\n")[0])
+    parser.add_argument("path", help="a run directory, job directory, rows file, or results directory")
+    parser.add_argument("--out", default="reports", help="reports directory (default: reports)")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed by argparse
+        return int(exc.code or 0)
+    try:
+        out = build(args.path, args.out)
+    except (ResultsError, OSError) as exc:
+        print(f"encbench-report: error: {exc}", file=sys.stderr)
+        return 2
+    print(out / "index.html")
+    print(out / "report.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
