@@ -104,7 +104,8 @@ class Backend(ABC):
 
     @classmethod
     def execute(cls, cfg: BackendConfig, job: Callable[[Backend], T]) -> T:
-        """Run `job` with a live backend; MPC backends run it in every party and return party 0's."""
+        """Run `job(backend)` with a live backend; MPC backends run it in every party and return
+        party 0's result. `job` pickles (a module-level function or a partial of one)."""
         backend = cls(cfg)
         try:
             return job(backend)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -59,6 +60,11 @@ def failure_rows(status: str, message: str) -> list[dict[str, Any]]:
     return [{"op": "total", "status": status, "error": message}]
 
 
+def measure_job(cell: Cell, backend: backends.Backend) -> list[dict[str, Any]]:
+    """What a backend executes for a cell; module-level so that it pickles to MPC party processes."""
+    return measure(backend, cell.make_workload(), HarnessConfig(**cell.harness))
+
+
 def run_cell(cell: Cell) -> list[dict[str, Any]]:
     """Measure one cell here; an exception becomes an `error` row with its one-line message."""
     try:
@@ -66,9 +72,7 @@ def run_cell(cell: Cell) -> list[dict[str, Any]]:
         missing = backend_cls.unavailable()
         if missing:
             return failure_rows("skipped", f"{backend_cls.name}: {missing}")
-        backend_cfg = backend_cls.Config(**cell.backend)
-        workload, harness = cell.make_workload(), HarnessConfig(**cell.harness)
-        return backend_cls.execute(backend_cfg, lambda backend: measure(backend, workload, harness))
+        return backend_cls.execute(backend_cls.Config(**cell.backend), functools.partial(measure_job, cell))
     except Exception as exc:  # a crashing backend must not stop the sweep
         where = traceback.extract_tb(exc.__traceback__)[-1]
         return failure_rows("error", f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})")

@@ -5,14 +5,16 @@ Every supported workload and variant must run with status ok, every op's error m
 backend's tolerance, and every counter the backend declares must be present (not NaN) in its rows.
 """
 
+import functools
 import math
+from dataclasses import asdict
 
 import pytest
 
 import backends
 import bench
 import workloads
-from bench.cells import Cell
+from bench.cells import Cell, measure_job
 from bench.measure import HarnessConfig
 
 HARNESS = HarnessConfig(warmup=0, repeats=2)
@@ -24,6 +26,12 @@ def variant_cells(sizes):
         combos = [{}] + [{s: v} for s, vals in cls.variants.items() for v in vals if v != getattr(defaults, s)]
         for combo in combos:
             yield {"name": name, **sizes, **combo}
+
+
+def round_trip(workload_cfg, backend):
+    workload = Cell({}, workload_cfg, {}).make_workload()
+    backend.setup(workload, workload.weights())
+    return backend.reveal(backend.protect(workload.inputs())), backend.default_tolerance
 
 
 class BackendConformance:
@@ -38,11 +46,11 @@ class BackendConformance:
         if cls.unavailable():
             pytest.skip(cls.unavailable())
         found = {}
+        config = cls.Config(**suite.config)
         for wl in variant_cells(suite.sizes):
-            workload = Cell({}, wl, {}).make_workload()
-            found[(workload.name, workload.variant)] = cls.execute(
-                cls.Config(**suite.config), lambda b, w=workload: bench.measure(b, w, HARNESS)
-            )
+            cell = Cell(asdict(config), wl, asdict(HARNESS))
+            workload = cell.make_workload()
+            found[(workload.name, workload.variant)] = cls.execute(config, functools.partial(measure_job, cell))
         return cls, found
 
     def test_every_supported_cell_runs_within_tolerance(self, results):
@@ -72,15 +80,10 @@ class BackendConformance:
 
     def test_protect_reveal_round_trip(self, results):
         cls, _ = results
-        workload = Cell({}, {"name": "layernorm", **self.sizes}, {}).make_workload()
-        inputs = workload.inputs()
-
-        def round_trip(backend):
-            backend.setup(workload, workload.weights())
-            return backend.reveal(backend.protect(inputs))
-
-        out = cls.execute(cls.Config(**self.config), round_trip)
-        assert bench.accuracy.errors(out, inputs)[0] <= cls(cls.Config(**self.config)).default_tolerance
+        workload = {"name": "layernorm", **self.sizes}
+        out, tolerance = cls.execute(cls.Config(**self.config), functools.partial(round_trip, workload))
+        inputs = Cell({}, workload, {}).make_workload().inputs()
+        assert bench.accuracy.errors(out, inputs)[0] <= tolerance
 
 
 class TestPlaintext(BackendConformance):

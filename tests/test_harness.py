@@ -1,15 +1,17 @@
 """The measurement loop, the results store and fault isolation, on real cells."""
 
+import functools
 import math
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 import backends
 import bench
-from bench.cells import Cell, expand
+from bench.cells import Cell, expand, measure_job
 from bench.config import AllBackendsConfig, AllWorkloadsConfig
 from bench.measure import HarnessConfig
 from bench.results import COLUMNS
@@ -20,10 +22,11 @@ from workloads.layernorm import LayerNormConfig
 FAST = HarnessConfig(warmup=0, repeats=3, timeout_s=60)
 
 
-def measure(backend_name="plaintext", workload=None, harness=FAST, **backend_cfg):
-    cls = backends.get(backend_name)
-    workload = workload or bench.cells.Cell({}, {"name": "attention_head"}, {}).make_workload()
-    return cls.execute(cls.Config(**backend_cfg), lambda b: bench.measure(b, workload, harness))
+def measure(workload=None, harness=FAST, **backend_cfg):
+    """One cell on the plaintext backend, in this process, as the worker runs it."""
+    cfg = backends.get("plaintext").Config(**backend_cfg)
+    cell = Cell(asdict(cfg), workload or {"name": "attention_head"}, asdict(harness))
+    return backends.get("plaintext").execute(cfg, functools.partial(measure_job, cell))
 
 
 def test_plaintext_rows_per_op_and_total():
@@ -63,8 +66,7 @@ def test_unsupported_variant_is_skipped_with_reason(monkeypatch):
     cls = backends.get("plaintext")
     narrowed = backends.Capabilities(workloads={"attention_head": {"softmax": ("exact",)}})
     monkeypatch.setattr(cls, "capabilities", narrowed)
-    wl = Cell({}, {"name": "attention_head", "softmax": "gaussian"}, {}).make_workload()
-    rows = cls.execute(cls.Config(), lambda b: bench.measure(b, wl, FAST))
+    rows = measure({"name": "attention_head", "softmax": "gaussian"})
     assert rows == [
         {"op": "total", "status": "skipped", "error": "plaintext: softmax=gaussian is not supported (supported: exact)"}
     ]
@@ -166,7 +168,6 @@ def test_a_truncated_last_line_does_not_lose_the_rows_before_it(tmp_path):
 
 @pytest.mark.parametrize("softmax", ["exact", "power"])
 def test_workload_tolerance_overrides_the_backend_default(softmax):
-    wl = Cell({}, {"name": "attention_head", "softmax": softmax, "tolerance": 1e-30}, {}).make_workload()
-    rows = measure(workload=wl, dtype="float32")
+    rows = measure({"name": "attention_head", "softmax": softmax, "tolerance": 1e-30}, dtype="float32")
     assert rows[-1]["tolerance"] == 1e-30 and rows[-1]["accurate"] is False
     assert AttentionConfig().tolerance is None
