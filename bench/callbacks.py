@@ -20,7 +20,7 @@ class ReportCallback(Callback):
 
         run_dir = Path(config.results_dir) / config.run_id
         try:
-            out = build(run_dir)
+            out = build(run_dir, config.reports_dir)
         except Exception as exc:  # the results are safe on disk; say how to retry
             log.error("report failed (%s: %s); rerun `encbench-report %s`", type(exc).__name__, exc, run_dir)
             return

@@ -39,6 +39,7 @@ class EncbenchConfig:
     run_id: str = MISSING  # set by the `encbench` entry point; names the run's directory
     resume: bool = False
     report: bool = True
+    reports_dir: str = "reports"  # the report of a run goes to <reports_dir>/<run_id>/
     progress: bool = True
 
 

@@ -101,7 +101,7 @@ def measure(backend: Backend, workload: Workload, harness: HarnessConfig) -> lis
     if reason:
         return [{"op": "total", "status": "skipped", "error": f"{backend.name}: {reason}"}]
     cell = measure_cell(backend, workload, harness)
-    tolerance = workload.cfg.tolerance or backend.default_tolerance
+    tolerance = backend.default_tolerance if workload.cfg.tolerance is None else workload.cfg.tolerance
     return tidy_rows(cell, backend, tolerance)
 
 

@@ -28,7 +28,7 @@ from workloads.base import ConfigError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 MULTIRUN_FLAGS = {"-m", "--multirun"}
-NOT_IN_SIGNATURE = {"run_id", "resume", "progress", "report"}
+NOT_IN_SIGNATURE = {"run_id", "resume", "progress", "report", "reports_dir"}
 
 
 def signature(overrides: list[str]) -> list[str]:
