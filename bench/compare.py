@@ -24,7 +24,17 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from bench.plots_data import COUNTERS, EXTRA_COUNTERS, KEY, ResultsError, fmt_count, fmt_error, fmt_seconds, read_run
+from bench.plots_data import (
+    COUNTERS,
+    EXTRA_COUNTERS,
+    KEY,
+    ResultsError,
+    fmt_count,
+    fmt_error,
+    fmt_seconds,
+    read_run,
+    sort_cells,
+)
 from bench.plots_data import tidy as tidy_frame
 
 DEFAULT_RATIO = 1.5
@@ -45,7 +55,7 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # counter, error, latency, status, vanished, new, fixed, failing
+    kind: str  # counter, error, latency, status, vanished, new, fixed, not ok
     cell: str  # label: backend/workload[variant] sizes config
     cell_id: str  # NEW's id when the cell exists there, else BASE's
     op: str  # "" when about the whole cell
@@ -76,8 +86,8 @@ class Comparison:
 def prepare(base: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     """Both runs tidied together (so labels agree), one row per (cell key, op) and side, the latest."""
     both = tidy_frame(pd.concat([base.assign(_side="base"), new.assign(_side="new")], ignore_index=True))
-    both = both.sort_values("finished_at", na_position="first", kind="stable")
-    return both.drop_duplicates([*ROW_KEY, "_side"], keep="last")
+    both = both.assign(_pos=range(len(both))).sort_values("finished_at", na_position="first", kind="stable")
+    return both.drop_duplicates([*ROW_KEY, "_side"], keep="last").sort_values("_pos")
 
 
 def compare(base: pd.DataFrame, new: pd.DataFrame, thresholds: Thresholds | None = None) -> Comparison:
@@ -88,6 +98,8 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, thresholds: Thresholds | None
     rows = side["base"].merge(side["new"], on=ROW_KEY, how="outer", suffixes=("_b", "_n"), indicator=True)
     rows["cell"] = rows["cell_n"].fillna(rows["cell_b"])
     rows["id"] = rows["cell_id_n"].fillna(rows["cell_id_b"])
+    rows["tag"] = rows["tag_n"].fillna(rows["tag_b"])
+    rows = sort_cells(rows.assign(_pos=rows["_pos_n"].fillna(rows["_pos_b"])).sort_values("_pos"))  # file order
     rows["_cell"] = rows[list(KEY)].astype(str).agg("|".join, axis=1)  # NaN sizes match as "nan"
     findings, verdicts = [], {}
     for _, ops in rows.groupby("_cell", sort=False):
@@ -126,7 +138,7 @@ def cell_status(total: pd.Series) -> list[Finding]:
         return finding("status", f"ok -> {status_n}: {message}", True)
     if status_n == "ok":
         return finding("fixed", f"{status_b} -> ok", False)
-    return finding("failing", f"{status_b} -> {status_n}: {message}", False)
+    return finding("not ok", f"{status_b} -> {status_n}: {message}", False)
 
 
 def op_findings(row: pd.Series, thresholds: Thresholds) -> list[Finding]:
@@ -262,19 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ResultsError, OSError) as exc:
         print(f"encbench-compare: error: {exc}", file=sys.stderr)
         return 2
-    thresholds = Thresholds(latency_ratio=args.latency_ratio, latency_min_s=args.latency_min_s,
-                            latency=not (args.no_latency or args.counters_only), error=not args.counters_only)  # fmt: skip
+    latency = not (args.no_latency or args.counters_only)
+    thresholds = Thresholds(args.latency_ratio, args.latency_min_s, latency=latency, error=not args.counters_only)
     comparison = compare(base, new, thresholds)
-    checks = (
-        "counters and cells"
-        if args.counters_only
-        else "counters, cells, error"
-        + (
-            ""
-            if args.no_latency
-            else f", latency (>= {args.latency_ratio:g}x, quartiles apart, >= {args.latency_min_s:g} s)"
-        )
-    )
+    checks = "counters and cells" if args.counters_only else "counters, cells, error"
+    if latency:
+        checks += f", latency (>= {args.latency_ratio:g}x, quartiles apart, >= {args.latency_min_s:g} s slower)"
     print(f"BASE {args.base} (run {base_run})  vs  NEW {args.new} (run {new_run}); checking {checks}\n")
     print(report(comparison))
     return 0 if comparison.ok else 1

@@ -11,13 +11,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-from matplotlib import pyplot as plt
-from matplotlib.figure import Figure
+import matplotlib
 
-from bench import plots_counters as counters
-from bench import plots_latency as latency
-from bench.plots_style import STYLE
+matplotlib.use("Agg")  # files only, before pyplot is imported anywhere
+
+import pandas as pd  # noqa: E402
+from matplotlib import pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from bench import plots_counters as counters  # noqa: E402
+from bench import plots_latency as latency  # noqa: E402
+from bench.plots_style import STYLE  # noqa: E402
 
 PREFIX = "fig-"  # every file the report draws starts with this; a rebuild removes stale ones
 

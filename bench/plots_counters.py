@@ -77,7 +77,7 @@ def network_panel(ax: Axes, est: pd.DataFrame) -> None:
         alpha = 0.35 if column == "latency_s" else 0.9
         bars = ax.barh(y + offset, est[column], height=0.26, color=cols, hatch=hatch, alpha=alpha,
                        edgecolor="black", linewidth=0.3, label=name)  # fmt: skip
-        ax.bar_label(bars, labels=[fmt(v) for v in est[column]], fontsize=7, padding=2)
+        ax.bar_label(bars, labels=[time_label(v) for v in est[column]], fontsize=7, padding=2)
     cell_ticks(ax, list(est["cell"]), list(est["backend"]))
     ax.set_xscale("log")
     unit_axis(ax, "s")
@@ -87,7 +87,7 @@ def network_panel(ax: Axes, est: pd.DataFrame) -> None:
     legend_right(ax)
 
 
-def fmt(value: float) -> str:
+def time_label(value: float) -> str:
     return fmt_seconds(value) if np.isfinite(value) else ""
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -60,9 +61,8 @@ def breakdown(frame: pd.DataFrame) -> Figure | None:
     panels = [representative(ops[ops["workload"] == w]) for w in ops["workload"].unique()]
     if not panels:
         return None
-    heights = [
-        max(2.4, panel_height(p.drop_duplicates("cell_id")["series"]), 0.1 * p["op"].nunique() + 1) for p in panels
-    ]
+    labels = [p.drop_duplicates("cell_id")["series"] + " — 100 ms" for p in panels]  # as long as the real labels
+    heights = [max(2.4, panel_height(lab), 0.1 * p["op"].nunique() + 1) for lab, p in zip(labels, panels, strict=True)]
     fig, axes = figure(heights)
     for ax, rows in zip(axes, panels, strict=True):
         breakdown_panel(ax, rows, totals(frame).set_index("cell_id")["latency_s"])
@@ -76,11 +76,11 @@ def breakdown_panel(ax: Axes, rows: pd.DataFrame, total_s: pd.Series) -> None:
     latency = latency.reindex(index=cells, columns=ops).fillna(0.0)
     share = latency.div(latency.sum(axis=1), axis=0) * 100
     first = rows.drop_duplicates("cell_id").set_index("cell_id").loc[cells]
-    cmap = matplotlib_cmap(len(ops))
+    colours = op_colours(len(ops))  # segments are ops; the backend colour is on the tick labels
+    hatch = ["//" if e else "" for e in first["estimated"]]
     left = np.zeros(len(cells))
     for i, op in enumerate(ops):
-        hatch = ["//" if e else "" for e in first["estimated"]]
-        bars = ax.barh(range(len(cells)), share[op], left=left, color=cmap[i], edgecolor="white", linewidth=0.6,
+        bars = ax.barh(range(len(cells)), share[op], left=left, color=colours[i], edgecolor="white", linewidth=0.6,
                        label=op)  # fmt: skip
         for bar, h in zip(bars, hatch, strict=True):
             bar.set_hatch(h)
@@ -102,9 +102,7 @@ def bar_label(row: pd.Series, total: float) -> str:
     return f"{row['series']} — {fmt_seconds(total)}" + (f" ({', '.join(notes)})" if notes else "")
 
 
-def matplotlib_cmap(n: int) -> list:
-    from matplotlib import colormaps
-
+def op_colours(n: int) -> list:
     cmap = colormaps["tab20" if n > 10 else "tab10"]
     return [cmap(i % cmap.N) for i in range(n)]
 

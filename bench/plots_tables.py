@@ -35,6 +35,7 @@ class Table:
     label_marks: list[str] | None = None
     index_name: str = ""
     wrap: tuple[str, ...] = ()
+    lines: bool = False  # cells hold several lines (newline-separated)
 
     def cells(self):
         for i, (label, row) in enumerate(self.data.iterrows()):
@@ -48,7 +49,8 @@ class Table:
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [self.index_name, *self.data.columns])
         body = []
         for (label, mark), row in self.cells():
-            tds = [td(label, mark)] + [td(v, f"{m} wrap".strip() if c in self.wrap else m) for c, v, m in row]
+            extra = " lines" if self.lines else ""
+            tds = [td(label, mark)] + [td(v, f"{m} wrap" if c in self.wrap else m + extra) for c, v, m in row]
             body.append("<tr>" + "".join(tds) + "</tr>")
         return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -61,11 +63,12 @@ class Table:
 
 
 def td(value: Any, mark: str) -> str:
+    mark = mark.strip()
     return f"<td class='{mark}'>{html.escape(str(value))}</td>" if mark else f"<td>{html.escape(str(value))}</td>"
 
 
 def md(value: Any, mark: str) -> str:
-    text = str(value).replace("|", "\\|").replace("\n", " ")
+    text = str(value).replace("|", "\\|").replace("\n", "<br>")
     return f"**{text}**" if text and any(m in mark for m in MD_STRONG) else text
 
 
@@ -107,7 +110,7 @@ def counter_text(row: pd.Series) -> str:
         parts.append(f"comm {fmt_bytes(row['comm_bytes'])}" + (f" ({' / '.join(split)})" if split else ""))
     if pd.notna(row["ct_bytes"]):
         parts.append(f"ct {fmt_bytes(row['ct_bytes'])}")
-    return ", ".join(parts)
+    return "\n".join(parts)
 
 
 def counter_pivot(frame: pd.DataFrame, workload: str) -> Table | None:
@@ -133,7 +136,7 @@ def counter_pivot(frame: pd.DataFrame, workload: str) -> Table | None:
         ]
         marks["security bits"] = ["insecure" if bad else "" for bad in low]
     data.index = list(cells["row"])
-    return Table(data, marks, list(cells["insecure"].map({True: "insecure", False: ""})), "cell")
+    return Table(data, marks, list(cells["insecure"].map({True: "insecure", False: ""})), "cell", lines=True)
 
 
 def cliff_table(frame: pd.DataFrame) -> Table | None:

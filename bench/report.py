@@ -140,7 +140,8 @@ def manifest_blocks(manifests: dict[str, dict[str, Any]]) -> list[Block]:
     common = pd.DataFrame({"value": [show(v) for v in values.values()]}, index=list(values))
     jobs = pd.DataFrame({f: [show(m.get(f, "")) for m in manifests.values()] for f in JOB_FIELDS},
                         index=list(manifests))  # fmt: skip
-    blocks: list[Block] = [("table", Table(common, index_name="field")), ("table", Table(jobs, index_name="job"))]
+    blocks: list[Block] = [("table", Table(common, index_name="field", wrap=("value",))),
+                           ("table", Table(jobs, index_name="job", wrap=("overrides",)))]  # fmt: skip
     parallel = max(int(m.get("jobs_in_parallel") or 1) for m in manifests.values())
     if parallel > 1:
         blocks.append(("alert", f"Jobs ran {parallel} at a time: their latencies may skew each other."))
@@ -166,6 +167,8 @@ h1{font-size:1.6em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-to
 table{border-collapse:collapse;font-size:13px}
 th,td{border:1px solid #ccc;padding:3px 7px;text-align:right;white-space:nowrap;vertical-align:top}
 th{background:#f3f3f3}th:first-child,td:first-child{text-align:left}
+td:first-child{white-space:normal;min-width:14em;max-width:30em}
+td.lines{white-space:pre}
 td.wrap{white-space:normal;text-align:left;min-width:30em}
 td.cliff{background:#d62728;color:#fff;font-weight:bold}
 td.insecure{background:#ffd43b;font-weight:bold}

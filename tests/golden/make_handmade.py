@@ -72,7 +72,8 @@ def tenseal(seq: int, d: int, insecure: bool = False) -> list[dict]:
     ident = identity(backend, attention_cfg(seq, d, "power"), "softmax=power")
     s, m, speed = seq / 8, d / 64, 0.45 if insecure else 1.0
     times = {"protect": 0.012 * s * m, "qkv_proj": 0.21 * s * m * m, "qk_matmul": 0.34 * s * s * m,
-             "softmax": 0.52 * s * s, "av_matmul": 0.31 * s * s * m, "out_proj": 0.07 * s * m * m, "reveal": 0.004 * s}
+             "softmax": 0.52 * s * s, "av_matmul": 0.31 * s * s * m, "out_proj": 0.07 * s * m * m,
+             "reveal": 0.004 * s}  # fmt: skip
     depth = {"protect": 0, "qkv_proj": 1, "qk_matmul": 1, "softmax": 5, "av_matmul": 1, "out_proj": 1, "reveal": 0}
     grow = s**1.6  # CKKS noise grows with the sums over longer sequences
     err = {"protect": 3e-7, "qkv_proj": 2e-6, "qk_matmul": 1.5e-5, "softmax": 1.2e-4 * grow,
