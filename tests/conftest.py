@@ -26,3 +26,20 @@ def encbench(*args: str, results: Path, timeout: float = 300) -> subprocess.Comp
         timeout=timeout,
         cwd=REPO,
     )
+
+
+@pytest.fixture(scope="session")
+def quick_sweep(tmp_path_factory) -> subprocess.CompletedProcess:
+    """`encbench` with no arguments (as `make bench` runs it), once per session, with its report."""
+    out = tmp_path_factory.mktemp("quick")
+    env = {k: v for k, v in os.environ.items() if k != "ENCBENCH_BACKENDS"}  # only the real backends
+    done = subprocess.run(
+        [str(ENCBENCH), f"results_dir={out / 'results'}", f"reports_dir={out / 'reports'}", "progress=false"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env=env,
+    )
+    done.results, done.reports = out / "results", out / "reports"
+    return done

@@ -16,21 +16,23 @@ def manifests(results):
     return [json.loads(p.read_text()) for p in sorted(results.rglob("manifest.json"))]
 
 
-def test_default_quick_sweep_runs_every_workload_on_plaintext(tmp_path, monkeypatch):
-    monkeypatch.delenv("ENCBENCH_BACKENDS")  # only the real backends
-    done = encbench(results=tmp_path)
+def test_default_quick_sweep_runs_every_workload_on_plaintext(quick_sweep):
+    done, results = quick_sweep, quick_sweep.results
     assert done.returncode == 0, done.stderr
-    frame = bench.load(tmp_path)
+    frame = bench.load(results)
     totals = frame[frame.op == "total"]
     assert set(totals.workload) == {"attention_head", "layernorm", "block", "lora_update"}
     plain = frame[frame.backend == "plaintext"]
     assert (plain.status == "ok").all() and (plain.max_abs_error < 1e-9).all()
     assert len(totals) == 17 and frame.run_id.nunique() == 1
-    (m,) = manifests(tmp_path)
+    (m,) = manifests(results)
     assert m["schema_version"] == 1 and m["status"] == "finished" and m["cells"] == 17
     assert m["cores"] >= 1 and m["cpu_model"] and m["python"].startswith("3.11")
     assert m["libraries"]["torch"].startswith("2.13.0") and m["jobs_in_parallel"] == 1
-    assert f"results in {tmp_path}/{m['run_id']}/" in done.stdout
+    assert f"results in {results}/{m['run_id']}/" in done.stdout
+    report = quick_sweep.reports / m["run_id"]
+    assert f"report in {report}/index.html and {report}/report.md" in done.stdout
+    assert (report / "index.html").stat().st_size > 0 and (report / "report.md").stat().st_size > 0
 
 
 def test_multirun_sweep_shares_one_run(tmp_path):
