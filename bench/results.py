@@ -17,29 +17,14 @@ import pandas as pd
 
 SCHEMA_VERSION = 1
 ROWS_FILE = "rows.jsonl"
+# fmt: off
 COLUMNS = (
-    "run_id",
-    "backend",
-    "workload",
-    "variant",
-    "seq_len",
-    "d_model",
-    "n_heads",
-    "op",
-    "latency_s",
-    "latency_iqr_s",
-    "repeats",
-    "setup_s",
-    "pbs",
-    "rounds",
-    "comm_bytes",
-    "ct_bytes",
-    "key_bytes",
-    "max_abs_error",
-    "security_bits",
-    "status",
-    "error",
+    "run_id", "backend", "workload", "variant", "seq_len", "d_model", "n_heads", "op", "latency_s",
+    "latency_iqr_s", "repeats", "setup_s", "pbs", "rounds", "comm_bytes", "ct_bytes", "key_bytes",
+    "max_abs_error", "security_bits", "status", "error",
 )
+# fmt: on
+NUMERIC = tuple(c for c in COLUMNS if c not in ("run_id", "backend", "workload", "variant", "op", "status", "error"))
 FINISHED = ("ok", "skipped")  # statuses that `resume` does not run again
 
 
@@ -96,19 +81,7 @@ def load(path: str | Path) -> pd.DataFrame:
     for column in COLUMNS:
         if column not in frame:
             frame[column] = None
-    numeric = [
-        "latency_s",
-        "latency_iqr_s",
-        "setup_s",
-        "pbs",
-        "rounds",
-        "comm_bytes",
-        "ct_bytes",
-        "key_bytes",
-        "max_abs_error",
-        "security_bits",
-    ]
-    frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")
+    frame[list(NUMERIC)] = frame[list(NUMERIC)].apply(pd.to_numeric, errors="coerce")
     return frame[list(COLUMNS) + [c for c in frame.columns if c not in COLUMNS]]
 
 
