@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench import manifest
 from bench.cells import expand
-from bench.config import register, typed
+from bench.config import networks, register, typed
 from bench.prepare import CONF_DIR, prepare, signature
 from bench.sweep import run_cells
 from workloads.base import ConfigError
@@ -48,7 +48,14 @@ def run_job(cfg: DictConfig) -> None:
     status = "interrupted"
     try:
         tally = run_cells(
-            cells, job_dir, run_dir, cfg.run_id, timeout_s=harness.timeout_s, resume=cfg.resume, progress=cfg.progress
+            cells,
+            job_dir,
+            run_dir,
+            cfg.run_id,
+            timeout_s=harness.timeout_s,
+            networks=networks(cfg),
+            resume=cfg.resume,
+            progress=cfg.progress,
         )
         status = "finished"
     except KeyboardInterrupt:

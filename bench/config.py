@@ -12,6 +12,7 @@ import backends
 import workloads
 from backends.base import BackendConfig
 from bench.measure import HarnessConfig
+from bench.network import NetworkConfig
 from workloads.base import ConfigError, WorkloadConfig
 
 
@@ -35,6 +36,7 @@ class EncbenchConfig:
     backend: Any = MISSING
     workload: Any = MISSING
     harness: HarnessConfig = field(default_factory=HarnessConfig)
+    networks: dict[str, NetworkConfig] = field(default_factory=dict)  # filled from conf/network/
     results_dir: str = "results"
     run_id: str = MISSING  # set by the `encbench` entry point; names the run's directory
     resume: bool = False
@@ -61,8 +63,19 @@ def validate_harness(h: HarnessConfig) -> None:
         raise ConfigError("harness.timeout_s and harness.budget_s must be positive (seconds)")
 
 
+def validate_networks(networks: dict[str, NetworkConfig]) -> None:
+    for name, net in networks.items():
+        if net.bandwidth_gbps <= 0 or net.rtt_ms < 0:
+            raise ConfigError(f"networks.{name}: need bandwidth_gbps > 0 and rtt_ms >= 0")
+
+
 def typed(cfg: DictConfig) -> tuple[Any, Any, HarnessConfig]:
     """The backend, workload and harness configs as dataclass instances."""
     harness = OmegaConf.to_object(cfg.harness)
     validate_harness(harness)
+    validate_networks(networks(cfg))
     return OmegaConf.to_object(cfg.backend), OmegaConf.to_object(cfg.workload), harness
+
+
+def networks(cfg: DictConfig) -> dict[str, NetworkConfig]:
+    return {name: NetworkConfig(**net) for name, net in OmegaConf.to_container(cfg.networks).items()}

@@ -10,6 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bench.cells import Cell
+from bench.network import NetworkConfig, estimates
 from bench.results import ROWS_FILE, RowWriter, finished_cells
 from bench.worker import Worker
 
@@ -21,10 +22,12 @@ def run_cells(
     run_id: str,
     *,
     timeout_s: float,
+    networks: dict[str, NetworkConfig] | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> Counter:
     """Measure `cells` into `job_dir/rows.jsonl`; with `resume`, skip cells finished in `run_dir`.
+    Rows with communication counters get estimated times on each of `networks`.
 
     Returns the count of cells per status (plus `resumed` for cells skipped as already done).
     """
@@ -45,7 +48,7 @@ def run_cells(
                 "finished_at": datetime.now(UTC).isoformat(),
                 "cell_wall_s": time.perf_counter() - start,
             }
-            rows = [{**stamp, **row} for row in rows]
+            rows = [{**stamp, **row, **estimates(row, networks or {})} for row in rows]
             writer.write(rows)
             total = rows[-1]
             tally[total["status"]] += 1
