@@ -95,13 +95,8 @@ def keys_of(task: list[str], parent: str) -> list[str]:
 
 def resume_target(results_dir: Path, sig: list[str]) -> str:
     """The newest earlier run of the same sweep under `results_dir`."""
-    runs = sorted(
-        {
-            manifest.read(p.parent)["run_id"]
-            for p in manifest.find_manifests(results_dir)
-            if manifest.read(p.parent).get("sweep_signature") == sig
-        }
-    )
+    found = [manifest.read(p.parent) for p in manifest.find_manifests(results_dir)]
+    runs = sorted({m["run_id"] for m in found if m.get("sweep_signature") == sig})
     if not runs:
         raise ConfigError(
             f"resume=true: no earlier run of this sweep under {results_dir}/; drop resume or pass run_id=<id>"
