@@ -135,6 +135,11 @@ class Backend(ABC):
     def sync(self) -> None:
         """Wait until every party reaches this point (a barrier); no-op for one process."""
 
+    def agree(self, value: T) -> T:
+        """Party 0's `value` on every party, for harness decisions that must match in lock-step
+        (stopping repeats at the time budget); the value itself in one process."""
+        return value
+
     def counters(self) -> dict[str, float]:
         """Cumulative online counters (`rounds`, `comm_bytes`, `pbs`, ...) since `setup`."""
         return {}

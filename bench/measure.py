@@ -88,7 +88,7 @@ def measure_cell(backend: Backend, workload: Workload, harness: HarnessConfig) -
         run.abs_error, run.rel_error = reference.errors(run.revealed)  # every repeat: MPC errors vary
         run.revealed = None
         cell.runs.append(run)
-        if sum(r.total_s for r in cell.runs) >= harness.budget_s:
+        if backend.agree(sum(r.total_s for r in cell.runs) >= harness.budget_s):  # parties' clocks differ
             break
     if harness.per_op_error:
         cell.op_errors = op_errors(backend, workload, inputs, handles, reference, ref_ops)
@@ -141,6 +141,7 @@ def tidy_rows(cell: CellMeasurement, backend: Backend, tolerance: float) -> list
             "latency_s": med,
             "latency_iqr_s": iqr,
             **common,
+            "inaccurate_repeats": sum(r.abs_error > tolerance for r in cell.runs),
             **totals,
             **metrics,
             **error_columns(worst.abs_error, worst.rel_error, tolerance),

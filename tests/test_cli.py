@@ -10,6 +10,10 @@ from conftest import ENCBENCH, REPO, encbench
 from test_harness import pid_alive
 
 import bench
+from backends import get, installed
+from bench.cells import expand
+from bench.config import AllWorkloadsConfig
+from bench.measure import HarnessConfig
 
 
 def manifests(results):
@@ -24,9 +28,12 @@ def test_default_quick_sweep_runs_every_workload_on_plaintext(quick_sweep):
     assert set(totals.workload) == {"attention_head", "layernorm", "block", "lora_update"}
     plain = frame[frame.backend == "plaintext"]
     assert (plain.status == "ok").all() and (plain.max_abs_error < 1e-9).all()
-    assert len(totals) == 17 and frame.run_id.nunique() == 1
+    per_backend = len(expand(get("plaintext").Config(), AllWorkloadsConfig(), HarnessConfig()))
+    assert (totals.groupby("backend").size() == per_backend).all()
+    assert set(totals.backend) == set(installed()) - {"faulty"}  # every installed backend, in the sweep
+    assert frame.run_id.nunique() == 1
     (m,) = manifests(results)
-    assert m["schema_version"] == 1 and m["status"] == "finished" and m["cells"] == 17
+    assert m["schema_version"] == 1 and m["status"] == "finished" and m["cells"] == len(totals)
     assert m["cores"] >= 1 and m["cpu_model"] and m["python"].startswith("3.11")
     assert m["libraries"]["torch"].startswith("2.13.0") and m["jobs_in_parallel"] == 1
     assert f"results in {results}/{m['run_id']}/" in done.stdout
@@ -72,7 +79,7 @@ def test_parallel_launcher_records_jobs_in_parallel(tmp_path):
 
 
 BAD_INPUT = [
-    (["backend=foo"], "backend=foo is unknown; choose one of: all, faulty, plaintext"),
+    (["backend=foo"], "backend=foo is unknown; choose one of: all, crypten, faulty, plaintext, tenseal"),
     (["workload=mlp"], "workload=mlp is unknown; choose one of: all, attention_head, layernorm, block, lora_update"),
     (["workload=attention_head", "workload.n_heads=5"], "workload.d_model=64 is not divisible by workload.n_heads=5"),
     (["workload=block", "workload.gelu=tanh"], "workload.gelu=tanh is not a variant of block; allowed: exact, poly"),

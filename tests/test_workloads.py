@@ -84,9 +84,10 @@ def test_poly_layernorm_is_close_to_exact_within_its_stated_range():
     assert 1e-9 < err < 2e-3  # a real approximation, 2.3e-4 relative on 1/sqrt
 
 
-def independent_block(wl):
+def independent_block(wl, n_heads=None):
     """GPT-2 block from torch modules and functions, sharing only the weights."""
     cfg, d = wl.cfg, wl.cfg.d_model
+    n_heads = n_heads or cfg.n_heads
     x, w = wl.inputs()["x"], wl.weights()
 
     def ln(t, name):
@@ -96,7 +97,7 @@ def independent_block(wl):
             layer.bias.copy_(w[f"{name}.beta"])
             return layer(t)
 
-    q, k, v = heads_qkv(ln(x, "ln1"), w, cfg.n_heads, prefix="attn.")
+    q, k, v = heads_qkv(ln(x, "ln1"), w, n_heads, prefix="attn.")
     att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     h = x + att.transpose(0, 1).reshape(cfg.seq_len, d) @ w["attn.wo"] + w["attn.bo"]
     hidden = ln(h, "ln2") @ w["mlp.w1"] + w["mlp.b1"]
@@ -108,6 +109,31 @@ def test_block_matches_torch_modules():
     out, per_op = wl.reference()
     assert torch.allclose(out, independent_block(wl), atol=TOL, rtol=0)
     assert {"ln1.rsqrt", "attn.softmax", "attn.residual", "mlp.gelu", "mlp.residual"} <= set(per_op)
+
+
+@pytest.mark.parametrize("n_heads,merge", [(4, 2), (4, 4), (6, 3)])
+def test_head_merge_is_attention_with_fewer_wider_heads(n_heads, merge):
+    wl = make("block", seq_len=5, d_model=48, n_heads=n_heads, d_ff=96, head_merge=merge)
+    out, per_op = wl.reference()
+    assert torch.allclose(out, independent_block(wl, n_heads // merge), atol=TOL, rtol=0)
+    assert per_op["attn.softmax"].shape == (n_heads // merge, 5, 5)  # merge times fewer softmax rows
+    standard = make("block", seq_len=5, d_model=48, n_heads=n_heads, d_ff=96)
+    assert (out - standard.reference()[0]).abs().max() > 1e-3  # a different model, not a relabelling
+
+
+def test_head_merge_must_divide_n_heads():
+    with pytest.raises(
+        ConfigError, match=r"workload.head_merge=3 must divide workload.n_heads=4; choose among \[1, 2, 4\]"
+    ):
+        make("block", n_heads=4, head_merge=3)
+
+
+def test_lora_public_base_changes_only_what_is_private():
+    private, public = make("lora_update", base="private"), make("lora_update", base="public")
+    assert private.public_weights() == set() and public.public_weights() == {"w", "b"}
+    for a, b in zip(private.reference()[0], public.reference()[0], strict=True):
+        assert torch.equal(a, b)  # same arithmetic: only the threat model differs
+    assert all(make(n).public_weights() == set() for n in ("attention_head", "layernorm", "block"))
 
 
 @pytest.mark.parametrize("gelu,bound", [("poly", 0.05), ("quad", 5.0), ("relu", 0.2)])

@@ -78,9 +78,10 @@ def attention_weights(ops: Ops, cfg: AttentionConfig, head_dim: int, scores, q, 
     return normalise(ops, ops.mul(e, keep), cfg.norm_eps)
 
 
-def attention(ops: Ops, rec: Recorder, cfg: AttentionConfig, n_heads: int, x, w: dict):
-    """Causal multi-head attention of `x` (seq, d_model); `n_heads` heads of width head_dim."""
-    head_dim = cfg.d_model // cfg.n_heads
+def attention(ops: Ops, rec: Recorder, cfg: AttentionConfig, n_heads: int, x, w: dict, head_dim: int | None = None):
+    """Causal multi-head attention of `x` (seq, d_model); `n_heads` heads of width `head_dim`
+    (default d_model / cfg.n_heads)."""
+    head_dim = head_dim or cfg.d_model // cfg.n_heads
 
     def qkv():
         return tuple(ops.split_heads(ops.linear(x, w[f"w{n}"], w[f"b{n}"]), n_heads) for n in "qkv")

@@ -132,6 +132,11 @@ class Workload(ABC):
     def forward(self, ops: Ops, rec: Recorder, x: dict[str, Any], w: dict[str, Any]) -> Any:
         """The computation over `ops`, each named op run through `rec`; returns the output(s)."""
 
+    def public_weights(self) -> set[str]:
+        """Weights the threat model makes public (known to every party); backends that protect
+        weights may keep these in the clear. Empty by default: every weight is private."""
+        return set()
+
     def reference(self) -> tuple[Any, dict[str, Any]]:
         """Float64 output and every op's output, computed on `TorchOps`."""
         capture = Capture()

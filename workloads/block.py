@@ -5,20 +5,23 @@ Op names carry their part: `ln1.*`, `attn.*`, `ln2.*`, `mlp.*`; the residual add
 `attn.residual` and `mlp.residual`. Variant `gelu`: `exact` (erf), `poly` (degree `gelu_degree`
 least-squares fit on [-gelu_range, gelu_range]; max error 0.04 with the defaults), `quad`
 (MPCFormer: 0.125 x^2 + 0.25 x + 0.5), `relu`. `softmax` and `norm` are as in `attention_head`
-and `layernorm`.
+and `layernorm`. Variant `head_merge` (Marill, arXiv 2408.03561): attention runs with
+n_heads / head_merge heads, each head_merge times wider (same weights and width), so the softmax
+covers head_merge times fewer (seq x seq) rows; 1 is the standard block. Any divisor of n_heads
+is accepted; the sweep's `each` mode tries the values in `variants`.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.special import erf
 
 from workloads.approx import chebyshev_fit
 from workloads.attention import SOFTMAX_VARIANTS, AttentionConfig, attention, attention_weights_init, validate_attention
-from workloads.base import ConfigError, Workload, scoped
+from workloads.base import ConfigError, Workload, divisors, scoped
 from workloads.layernorm import NORM_VARIANTS, LayerNormConfig, layer_norm, validate_norm
 from workloads.ops import Ops
 
@@ -32,6 +35,7 @@ class BlockConfig(AttentionConfig, LayerNormConfig):
     gelu: str = "exact"
     gelu_range: float = 4.0
     gelu_degree: int = 6
+    head_merge: int = 1
 
 
 @functools.cache
@@ -52,12 +56,17 @@ def gelu(ops: Ops, cfg: BlockConfig, x):
 class Block(Workload):
     name = "block"
     Config = BlockConfig
-    variants = {"softmax": SOFTMAX_VARIANTS, "norm": NORM_VARIANTS, "gelu": GELU_VARIANTS}
+    variants = {"softmax": SOFTMAX_VARIANTS, "norm": NORM_VARIANTS, "gelu": GELU_VARIANTS, "head_merge": (1, 2)}
     uses_heads = True
 
     @classmethod
     def validate(cls, cfg):
-        super().validate(cfg)
+        if not isinstance(cfg.head_merge, int) or cfg.head_merge < 1 or cfg.n_heads % cfg.head_merge:
+            raise ConfigError(
+                f"workload.head_merge={cfg.head_merge} must divide workload.n_heads={cfg.n_heads}; "
+                f"choose among {divisors(cfg.n_heads)}"
+            )
+        super().validate(replace(cfg, head_merge=1))  # any divisor, not only the swept values
         validate_attention(cfg)
         validate_norm(cfg)
         if cfg.gelu_range <= 0 or cfg.gelu_degree < 1:
@@ -80,7 +89,8 @@ class Block(Workload):
         cfg, x = self.cfg, x["x"]
         a_in = layer_norm(ops, scoped(rec, "ln1"), cfg, x, w["ln1.gamma"], w["ln1.beta"])
         attn_w = {k.removeprefix("attn."): v for k, v in w.items() if k.startswith("attn.")}
-        a_out = attention(ops, scoped(rec, "attn"), cfg, cfg.n_heads, a_in, attn_w)
+        heads = cfg.n_heads // cfg.head_merge
+        a_out = attention(ops, scoped(rec, "attn"), cfg, heads, a_in, attn_w, head_dim=cfg.d_model // heads)
         h = rec("attn.residual", lambda: ops.add(x, a_out))
         m_in = layer_norm(ops, scoped(rec, "ln2"), cfg, h, w["ln2.gamma"], w["ln2.beta"])
         hidden = rec("mlp.fc1", lambda: ops.linear(m_in, w["mlp.w1"], w["mlp.b1"]))

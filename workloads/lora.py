@@ -3,6 +3,11 @@
 h = x W + b + s (x A) B with s = lora_alpha / lora_rank; loss = mean((h - y)^2) over all entries;
 gradients reach only A and B; the step returns the updated (A, B). B starts small and non-zero
 (standard LoRA zeroes it, which would make the first gradient of A vanish and the step trivial).
+
+Variant `base` (Marill, arXiv 2408.03561): `private` protects every weight; `public` makes the
+frozen base layer (`w`, `b`) public, only the adapter (A, B) private, so x W + b becomes a
+public-weight product. The arithmetic, and so the reference, is the same; `public_weights()` says
+which weights a backend may keep in the clear.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ class LoraConfig(WorkloadConfig):
     name: str = "lora_update"
     lora_alpha: float = 8.0
     lr: float = 0.1
+    base: str = "private"
 
 
 class LoraUpdate(Workload):
     name = "lora_update"
     Config = LoraConfig
+    variants = {"base": ("private", "public")}
 
     @classmethod
     def validate(cls, cfg):
@@ -30,6 +37,9 @@ class LoraUpdate(Workload):
             raise ConfigError(
                 f"workload.lora_rank={cfg.lora_rank} exceeds workload.d_model={cfg.d_model}; choose a rank <= d_model"
             )
+
+    def public_weights(self) -> set[str]:
+        return {"w", "b"} if self.cfg.base == "public" else set()
 
     @property
     def scale(self) -> float:

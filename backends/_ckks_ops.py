@@ -1,0 +1,134 @@
+"""`Ops` on packed CKKS values: dispatch on operand kinds (ciphertext `Mat`, lazy `Transposed`,
+server `Weight`, public float / tensor) to the packed products of `_ckks_tensor` and the polynomial
+stand-ins of `_ckks_approx`, tracking which slots outside a matrix's footprint may hold junk."""
+
+from __future__ import annotations
+
+import torch
+
+from backends import _ckks_approx as approx
+from backends._ckks_tensor import Mat, Packer, Transposed, Weight
+from workloads.ops import Ops
+
+
+class CkksOps(Ops):
+    """Ops on packed ciphertexts (`Mat`), server weights (`Weight`) and public values."""
+
+    def __init__(self, packer: Packer, cfg, recip: tuple[float, float]):
+        self.p, self.cfg, self.recip = packer, cfg, recip
+
+    def linear(self, x, w, b=None):
+        if not isinstance(w, Weight):
+            raise NotImplementedError("tenseal: linear takes server weights only")
+        return self.p.linear(x, w, b)
+
+    def matmul(self, a, b):
+        if isinstance(a, Mat) and isinstance(b, Transposed):
+            return self.p.qk(a, b.mat)
+        if isinstance(a, Mat) and a.kind == "diag" and isinstance(b, Mat):
+            return self.p.av(a, b)
+        raise NotImplementedError("tenseal: matmul supports q @ k^T and weights @ v only")
+
+    def transpose(self, a):
+        return a.mat if isinstance(a, Transposed) else Transposed(a)
+
+    def add(self, a, b):
+        return self._binary("add", a, b)
+
+    def sub(self, a, b):
+        return self._binary("sub", a, b)
+
+    def mul(self, a, b):
+        return self._binary("mul", a, b)
+
+    def square(self, x):
+        return self._binary("mul", x, x)
+
+    def sum(self, x, dim=-1):
+        if dim is None:
+            raise NotImplementedError("tenseal: sums over the last dim only")
+        return self.p.rowsum(x)
+
+    def exp(self, x):
+        c = self.cfg
+        return approx.exp(self, x, c.exp_lo, c.exp_hi, c.exp_degree, c.exp_squarings)
+
+    def reciprocal(self, x):
+        return approx.reciprocal(self, x, *self.recip, self.cfg.recip_bits)
+
+    def rsqrt(self, x):
+        c = self.cfg
+        return approx.rsqrt(self, x, c.rsqrt_lo, c.rsqrt_hi, c.rsqrt_degree, c.rsqrt_newton)
+
+    def relu(self, x):
+        raise NotImplementedError("tenseal: relu has no polynomial form here")
+
+    def gelu(self, x):
+        raise NotImplementedError("tenseal: exact (erf) GELU has no polynomial form here; use gelu=poly")
+
+    def softmax(self, x):
+        e = self.exp(x)
+        return self.mul(e, self.reciprocal(self.sum(e)))
+
+    def poly(self, x, coeffs):
+        return approx.poly(self, x, list(coeffs))
+
+    def split_heads(self, x, n_heads):
+        stride = x.width // n_heads if n_heads > 1 else x.stride
+        return Mat(x.ct, "row", x.width // n_heads, n_heads, stride, True, x.width // n_heads, x.junk)
+
+    def merge_heads(self, x):
+        width = x.width * x.heads
+        return Mat(x.ct, "row", width, 1, self.p.B, False, width, x.junk)
+
+    def _binary(self, op, a, b):
+        if isinstance(a, Transposed):
+            a = self.p.columns_to_diag(a.mat)
+        if isinstance(b, Transposed):
+            b = self.p.columns_to_diag(b.mat)
+        if isinstance(a, Mat) and isinstance(b, Mat):
+            return self._combine(op, a, b)
+        if isinstance(a, Mat):
+            return self._with_public(op, a, b)
+        if op != "sub":
+            return self._binary(op, b, a)
+        raise NotImplementedError("tenseal: public - ciphertext is not used by any workload")
+
+    def _combine(self, op, a: Mat, b: Mat) -> Mat:
+        if a.kind == "rep" and b.kind != "rep":
+            if op == "sub":
+                raise NotImplementedError("tenseal: column - matrix is not used by any workload")
+            a, b = b, a
+        e = self.p.e
+        if b.kind == "rep" and a.kind != "rep":
+            b = self.p.widen(b, self.p.footprint(a))
+        base = a if a.kind != "rep" or a.valid <= b.valid else b
+        fw = self.p.footprint(base)
+
+        def spill(m):
+            return m.junk or (m.kind == "rep" and m.valid > fw)
+
+        if op == "mul":
+            ct = e.mul(a.ct, b.ct)
+            junk = spill(a) and spill(b)
+        else:
+            ct = (e.add if op == "add" else e.sub)(a.ct, b.ct)
+            junk = spill(a) or spill(b)
+        return Mat(ct, base.kind, base.width, base.heads, base.stride, base.split, base.valid, junk)
+
+    def _with_public(self, op, a: Mat, value) -> Mat:
+        key = None
+        if isinstance(value, Weight):
+            key, value = value.key, value.value
+        elif isinstance(value, torch.Tensor):
+            value = value.double().numpy()
+        if op == "mul":
+            if a.kind == "rep":
+                a = Mat(a.ct, "rep", a.width, a.heads, a.stride, a.split, min(a.valid, a.width), a.junk)
+            vec = self.p.place(a, value)
+            if isinstance(value, float | int):
+                key = ("scalar", float(value), a.kind, a.width, a.valid, a.heads, a.stride)
+            return Mat(self.p.e.mul_plain(a.ct, vec, key=key), a.kind, a.width, a.heads, a.stride, a.split, a.valid)
+        vec = self.p.place(a, value)
+        ct = self.p.e.add_plain(a.ct, vec if op == "add" else -vec)
+        return Mat(ct, a.kind, a.width, a.heads, a.stride, a.split, a.valid, a.junk)

@@ -1,0 +1,317 @@
+"""`crypten`: the workloads on secret-shared data, computed by 2 or 3 CrypTen parties.
+
+Threat model: semi-honest parties; party 0 holds the user's input, party 1 the model's weights,
+both secret-shared (weights a workload declares public in `public_weights()` stay plain tensors
+and cost no communication). Multiplication triples come from CrypTen's trusted first party (TFP)
+or a trusted third party process (TTP), `backend.triples`.
+
+Execution: `execute` sends the harness's job to every party process (`_crypten_parties`), which
+runs it on its own `CryptenBackend`; the cell's rows are party 0's. `sync` is a barrier.
+One party per host: run the same sweep on every host, each with its own rank, e.g. for 2 parties
+with party 0 on 10.0.0.1 (the rendezvous; the TTP, if any, runs beside party 0):
+    host A: encbench backend=crypten backend.rank=0 backend.master_addr=10.0.0.1 backend.master_port=29500 ...
+    host B: encbench backend=crypten backend.rank=1 backend.master_addr=10.0.0.1 backend.master_port=29500 ...
+(world size = backend.parties; set GLOO_SOCKET_IFNAME if gloo picks the wrong interface).
+Counters (cumulative, read outside the timed interval through an unlogged all_gather):
+- `rounds`: online communication rounds of party 0, CrypTen's count (one per communicator call),
+  which equals every party's in CrypTen's lock-step protocols; not summed over parties.
+- `comm_bytes_p<i>`: online bytes party i sent; `comm_bytes`: their sum, the system's traffic
+  (each byte once, by its sender), which equals CrypTen's "sum over parties, halve".
+- `preproc_s`, `preproc_rounds`, `preproc_bytes`: time (slowest party), rounds (party 0) and bytes
+  (all parties) spent inside the triple provider; included in `latency_s`, excluded from `rounds`
+  and `comm_bytes`. TFP shares triples without communication, so only its time is non-zero.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+import workloads
+from backends import _crypten_parties as parties
+from backends.base import ALL, Backend, BackendConfig, Capabilities
+from workloads.base import ConfigError
+from workloads.ops import Ops, TorchOps
+
+TRIPLES = ("TFP", "TTP")
+GELU_METHODS = ("tanh", "erf")
+MAX_METHODS = ("log_reduction", "pairwise")
+
+
+@dataclass
+class CryptenConfig(BackendConfig):
+    """Parties, triples, and CrypTen's fixed-point and approximation settings (all recorded)."""
+
+    name: str = "crypten"
+    parties: int = 2
+    triples: str = "TFP"  # TFP: trusted first party; TTP: trusted third party (one more process)
+    precision_bits: int = 16  # fixed-point fractional bits (CrypTen's encoder.precision_bits)
+    exp_iterations: int = 8  # exp(x) = (1 + x / 2^n)^(2^n)
+    reciprocal_nr_iters: int = 10  # Newton-Raphson steps of 1/x, initial guess 3 exp(1 - 2x) + 0.003
+    sqrt_nr_iters: int = 3  # Newton-Raphson steps of 1/sqrt(x)
+    reciprocal_scale: float = 64.0  # ops.reciprocal(x) = reciprocal(x / B) / B; see CryptenOps.reciprocal
+    max_method: str = "log_reduction"  # softmax's row max: log_reduction | pairwise
+    gelu: str = "tanh"  # exact GELU as 0.5x(1 + tanh(...)) (max formula error 3e-4) or via CrypTen's erf
+    erf_iterations: int = 8  # Taylor terms of erf (only with gelu=erf; diverges for |x| > ~2)
+    threads: int = 1  # torch threads per party
+    master_addr: str = "127.0.0.1"  # rendezvous address (party 0's host for multi-host runs)
+    master_port: int = 0  # 0: a free port on master_addr
+    rank: int | None = None  # null: all parties here; 0..parties-1: only this party (one per host)
+    party_timeout_s: float = 900.0  # a party start or cell taking longer is killed (hang detection)
+
+
+class CryptenBackend(Backend):
+    name = "crypten"
+    Config = CryptenConfig
+    capabilities = Capabilities(workloads={name: ALL for name in workloads.REGISTRY}, counters=("rounds", "comm_bytes"))
+    # 16-bit fixed point resolves 2^-16 = 1.5e-5 per value, but the errors that matter are CrypTen's
+    # approximations: exp's limit form (relative error ~ x^2 / 2^(iterations+1)), the Newton
+    # reciprocal (relative error ~ x^2 2^-16 per step) and 1/sqrt, carried through dot products.
+    # Measured worst per-op errors: 7e-3 at the default sizes, 0.016 for the GPT-2 head at seq 32,
+    # 0.018 for the GPT-2 block at seq 32. 0.05 leaves ~3x headroom and still flags the cliffs
+    # (0.2 to 1e9 when an approximation leaves its range). Truncation failures (probability about
+    # |x| 2^-32 per element at 16 bits) are not absorbed: they show as errors, as they should.
+    default_tolerance = 0.05
+
+    @classmethod
+    def validate(cls, cfg):
+        checks = [
+            (cfg.parties in (2, 3), f"backend.parties={cfg.parties} must be 2 or 3"),
+            (cfg.triples in TRIPLES, f"backend.triples={cfg.triples}; allowed: {', '.join(TRIPLES)}"),
+            (cfg.gelu in GELU_METHODS, f"backend.gelu={cfg.gelu}; allowed: {', '.join(GELU_METHODS)}"),
+            (cfg.max_method in MAX_METHODS, f"backend.max_method={cfg.max_method}; allowed: {', '.join(MAX_METHODS)}"),
+            (cfg.reciprocal_scale > 0, f"backend.reciprocal_scale={cfg.reciprocal_scale} must be positive"),
+            (8 <= cfg.precision_bits <= 24, f"backend.precision_bits={cfg.precision_bits} must be in 8..24"),
+            (cfg.rank is None or 0 <= cfg.rank < cfg.parties, f"backend.rank={cfg.rank} must be null or < parties"),
+            (cfg.threads >= 1 and cfg.party_timeout_s > 0, "backend.threads and backend.party_timeout_s must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @classmethod
+    def unavailable(cls):
+        return _import_problem()
+
+    @classmethod
+    def execute(cls, cfg, job):
+        """Run `job` in every party (started on first use, then reused); party 0's result."""
+        cls.validate(cfg)
+        key = parties.PoolKey(cfg.parties, cfg.triples, cfg.master_addr, cfg.master_port, cfg.rank)
+        pool, started = parties.pool(key, cfg.party_timeout_s)
+        start_s = pool.start_s if started else 0.0
+        return pool.run(functools.partial(_party_job, cls, cfg, start_s, job), cfg.party_timeout_s)
+
+    def __init__(self, cfg: CryptenConfig):
+        from backends._crypten_compat import import_crypten
+
+        self.cfg, self.crypten = cfg, import_crypten()
+        settings = {
+            "encoder.precision_bits": cfg.precision_bits,
+            "functions.exp_iterations": cfg.exp_iterations,
+            "functions.reciprocal_nr_iters": cfg.reciprocal_nr_iters,
+            "functions.sqrt_nr_iters": cfg.sqrt_nr_iters,
+            "functions.max_method": cfg.max_method,
+            "functions.erf_iterations": cfg.erf_iterations,
+        }
+        for key, value in settings.items():
+            self.crypten.cfg[key] = value
+        torch.set_num_threads(cfg.threads)
+        self.comm = self.crypten.communicator.get()
+        self.rank, self.world = self.comm.get_rank(), self.comm.get_world_size()
+        self.traffic = parties.Traffic.instance
+        self.ops = CryptenOps(self.crypten, cfg, self.comm)
+        self.party_start_s = 0.0
+
+    def _share(self, tensors: dict[str, torch.Tensor], owner: int, public: set[str] = frozenset()) -> dict:
+        """Secret-share `owner`'s tensors; the others contribute same-shaped zeros (they do not know them)."""
+        return {
+            k: v
+            if k in public
+            else self.crypten.cryptensor(v if self.rank == owner else torch.zeros_like(v), src=owner)
+            for k, v in tensors.items()
+        }
+
+    def setup(self, workload, weights):
+        public = workload.public_weights() if hasattr(workload, "public_weights") else set()
+        return self._share(weights, owner=1, public=public)
+
+    def protect(self, inputs):
+        return self._share(inputs, owner=0)
+
+    def reveal(self, value):
+        if isinstance(value, dict):
+            return {k: self.reveal(v) for k, v in value.items()}
+        if isinstance(value, tuple | list):
+            return tuple(self.reveal(v) for v in value)
+        if isinstance(value, torch.Tensor):
+            return value.double()
+        return value.get_plain_text().double()
+
+    def sync(self):
+        torch.distributed.barrier(group=self.comm.main_group)  # direct: not logged as a round
+
+    def agree(self, value):
+        flag = torch.tensor([float(value)], dtype=torch.float64)
+        torch.distributed.broadcast(flag, src=0, group=self.comm.main_group)  # direct: unlogged
+        return type(value)(flag.item())
+
+    def counters(self):
+        t = self.traffic
+        mine = torch.tensor([t.online_rounds(), t.sent, t.pre_rounds, t.pre_sent, t.pre_s], dtype=torch.float64)
+        every = [torch.zeros_like(mine) for _ in range(self.world)]
+        torch.distributed.all_gather(every, mine, group=self.comm.main_group)  # direct: unlogged
+        found = {f"comm_bytes_p{i}": float(v[1]) for i, v in enumerate(every)}
+        return {
+            "rounds": float(every[0][0]),
+            "comm_bytes": sum(float(v[1]) for v in every),
+            **found,
+            "preproc_rounds": float(every[0][2]),
+            "preproc_bytes": sum(float(v[3]) for v in every),
+            "preproc_s": max(float(v[4]) for v in every),
+        }
+
+    def metrics(self):
+        c = self.cfg
+        return {
+            "parties": c.parties,
+            "triples": c.triples,
+            "precision_bits": c.precision_bits,
+            "party_start_s": self.party_start_s,
+            "approx": f"exp={c.exp_iterations},recip_nr={c.reciprocal_nr_iters},sqrt_nr={c.sqrt_nr_iters},"
+            f"max={c.max_method},gelu={c.gelu}" + (f",erf={c.erf_iterations}" if c.gelu == "erf" else ""),
+            "threat_model": "semi-honest; P0 input, P1 weights",
+        }
+
+
+@functools.cache
+def _import_problem() -> str | None:
+    """Why crypten does not import here (tried once per process, ~1.5 s), or None."""
+    from backends._crypten_compat import import_crypten
+
+    try:
+        import_crypten()
+    except Exception as exc:  # noqa: BLE001 - any import failure makes the backend unavailable
+        return f"crypten does not import: {type(exc).__name__}: {exc} (pip install --no-deps crypten==0.4.1)"
+    return None
+
+
+def _party_job(cls: type[CryptenBackend], cfg: CryptenConfig, start_s: float, job) -> Any:
+    """What each party runs for a cell: the harness's job on this party's backend."""
+    backend = cls(cfg)
+    backend.party_start_s = start_s
+    try:
+        return job(backend)
+    finally:
+        backend.close()
+
+
+class CryptenOps(Ops):
+    """Ops on MPCTensors (private), torch tensors (public weights, masks) and floats.
+
+    Private x private products go through Beaver triples; each one checks that CrypTen counted
+    communication for it, so a switched-off counter fails loudly instead of reporting zero.
+    """
+
+    def __init__(self, crypten: Any, cfg: CryptenConfig, comm: Any):
+        self.crypten, self.cfg, self.comm = crypten, cfg, comm
+        self.plain = TorchOps(torch.float64)
+
+    def private(self, v: Any) -> bool:
+        return isinstance(v, self.crypten.CrypTensor)
+
+    def _counted(self, fn):
+        before = self.comm.comm_rounds
+        out = fn()
+        if self.comm.get_world_size() > 1 and self.comm.comm_rounds == before:
+            raise RuntimeError(
+                "CrypTen counted no communication for a private x private product; "
+                "crypten.cfg.communicator.verbose must be True in every party"
+            )
+        return out
+
+    def linear(self, x, w, b=None):
+        y = self.matmul(x, w)
+        return y if b is None else self.add(y, b)
+
+    def matmul(self, a, b):
+        if self.private(a) and self.private(b):
+            return self._counted(lambda: a.matmul(b))
+        if self.private(a):
+            return a.matmul(b)
+        if self.private(b):  # public @ private = (private^T @ public^T)^T
+            return b.transpose(-2, -1).matmul(a.transpose(-2, -1)).transpose(-2, -1)
+        return self.plain.matmul(a, b)
+
+    def transpose(self, a):
+        return a.transpose(-2, -1)
+
+    def add(self, a, b):
+        if self.private(a):
+            return a.add(b)
+        return b.add(a) if self.private(b) else self.plain.add(a, b)
+
+    def sub(self, a, b):
+        if self.private(a):
+            return a.sub(b)
+        return b.neg().add(a) if self.private(b) else self.plain.sub(a, b)
+
+    def mul(self, a, b):
+        if self.private(a) and self.private(b):
+            return self._counted(lambda: a.mul(b))
+        if self.private(a):
+            return a.mul(b)
+        return b.mul(a) if self.private(b) else self.plain.mul(a, b)
+
+    def square(self, x):
+        return self._counted(x.square) if self.private(x) else self.plain.square(x)
+
+    def sum(self, x, dim=-1):
+        return x.sum() if dim is None else x.sum(dim, keepdim=True)
+
+    def exp(self, x):
+        return x.exp()
+
+    def reciprocal(self, x):
+        """CrypTen's Newton reciprocal is accurate only on about [0.05, 20] at 16 bits: its initial
+        guess 3 exp(1 - 2x) leaves exp's valid range for x > 2^(exp_iterations-1), and the
+        fixed-point error of each step is about x^2 2^-precision_bits relative. The softmax
+        variants' row sums reach hundreds, so the input is scaled by the public 1/B first."""
+        scale = self.cfg.reciprocal_scale
+        with self.crypten.cfg.temp_override({"functions.reciprocal_all_pos": True}):  # the op's domain: x > 0
+            return x.div(scale).reciprocal().div(scale)
+
+    def rsqrt(self, x):
+        return x.inv_sqrt()
+
+    def relu(self, x):
+        return x.relu()
+
+    def gelu(self, x):
+        if self.cfg.gelu == "erf":
+            return x.mul(0.5).mul(x.div(math.sqrt(2)).erf().add(1))
+        inner = x.mul(x.square().mul(0.044715).add(1)).mul(math.sqrt(2 / math.pi))
+        return x.mul(0.5).mul(inner.tanh().add(1))
+
+    def softmax(self, x):
+        return x.softmax(-1)
+
+    def poly(self, x, coeffs):
+        if len(coeffs) == 1:
+            return self.mul(self.add(self.mul(x, 0.0), 1.0), float(coeffs[0]))
+        return x.polynomial(torch.tensor(coeffs[1:], dtype=torch.float64)).add(float(coeffs[0]))
+
+    def split_heads(self, x, n_heads):
+        seq, width = x.shape
+        return x.reshape(seq, n_heads, width // n_heads).transpose(0, 1)
+
+    def merge_heads(self, x):
+        n_heads, seq, head_dim = x.shape
+        return x.transpose(0, 1).reshape(seq, n_heads * head_dim)
+
+
+BACKEND = CryptenBackend

@@ -1,0 +1,208 @@
+"""The tenseal (CKKS) backend: conformance at small sizes, packing against torch on the dry engine,
+depth and refresh counts, security refusal and marker, sizes against real SEAL serializations."""
+
+import math
+import os
+import tempfile
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+from test_backend_conformance import BackendConformance
+
+import backends
+from bench.cells import Cell, run_cell
+from bench.measure import HarnessConfig
+from workloads.base import ConfigError
+
+pytest.importorskip("tenseal")
+
+from backends import _ckks_approx as approx  # noqa: E402
+from backends import _ckks_params as cp  # noqa: E402
+from backends._ckks_engine import CkksError, DryEngine, SealEngine, translate  # noqa: E402
+from backends._ckks_ops import CkksOps
+from backends._ckks_tensor import Packer, Weight  # noqa: E402
+from backends.tenseal import TensealConfig  # noqa: E402
+
+QUICK = HarnessConfig(warmup=0, repeats=1)
+GEN = torch.Generator().manual_seed(5)
+
+
+class TestTenseal(BackendConformance):
+    backend = "tenseal"
+
+
+def run(workload: dict, **backend) -> list[dict]:
+    """One cell as the sweep runs it: an exception becomes an `error` row."""
+    return run_cell(Cell(asdict(TensealConfig(**backend)), workload, asdict(QUICK)))
+
+
+def dry(n=4, block=64, levels=1000, slots=512):
+    engine = DryEngine(cp.Params(2 * slots, cp.chain(levels, 40, 60), 40))
+    packer = Packer(engine, n, block)
+    return engine, packer, CkksOps(packer, TensealConfig(), (0.25, 32.0))
+
+
+def randn(*shape):
+    return torch.randn(*shape, generator=GEN, dtype=torch.float64)
+
+
+# packing: the dry engine is exact, so packed results equal torch to rounding
+@pytest.mark.parametrize("slots", [256, 512])  # 4 x 64 fills 256 slots (cyclic rows); 512 doubles them
+def test_packed_attention_matches_torch_exactly(slots):
+    engine, packer, ops = dry(slots=slots)
+    x, w, b = randn(4, 16), randn(16, 32), randn(32)
+    y = ops.linear(packer.encrypt(x.numpy()), Weight("w", w.numpy()), Weight("b", b.numpy()))
+    assert np.allclose(packer.decrypt(y), (x @ w + b).numpy())
+    q, k, v = (ops.split_heads(y, 2) for _ in range(3))
+    scores = ops.matmul(q, ops.transpose(k))
+    ref = (x @ w + b).reshape(4, 2, 16).transpose(0, 1)
+    assert np.allclose(packer.decrypt(scores), (ref @ ref.transpose(-1, -2)).numpy())
+    mixed = ops.matmul(ops.mul(scores, 0.01), v)
+    assert np.allclose(
+        packer.decrypt(ops.merge_heads(mixed)),
+        ((ref @ ref.transpose(-1, -2) * 0.01) @ ref).transpose(0, 1).reshape(4, 32).numpy(),
+    )
+    # linear 1, qk 2 (product, mask), scalar 1, av 2 (mask, product)
+    assert engine.stats.depth == 6
+
+
+def test_row_sums_broadcast_and_transposed_columns():
+    engine, packer, ops = dry()
+    x = randn(4, 16)
+    m = ops.split_heads(packer.encrypt(x.numpy()), 2)
+    sq = ops.sum(ops.square(m))
+    dist = ops.add(sq, ops.transpose(sq))  # the gaussian kernel's ||q||^2 + ||k||^2
+    heads = x.reshape(4, 2, 8).transpose(0, 1)
+    n2 = (heads**2).sum(-1, keepdim=True)
+    assert np.allclose(packer.decrypt(dist), (n2 + n2.transpose(-1, -2)).numpy())
+    centred = ops.sub(m, ops.mul(ops.sum(m), 1 / 8))
+    assert np.allclose(packer.decrypt(centred), (heads - heads.mean(-1, keepdim=True)).numpy())
+
+
+def test_approximation_depths_are_as_documented():
+    engine, packer, ops = dry()
+    x = packer.encrypt(np.full((4, 16), 2.0))
+    before = engine.stats.depth
+    ops.exp(x)
+    cfg = TensealConfig()
+    assert engine.stats.depth - before == 1 + math.ceil(math.log2(cfg.exp_degree)) + 1 + cfg.exp_squarings
+    engine, packer, ops = dry()
+    ops.reciprocal(packer.encrypt(np.full((4, 16), 2.0)))
+    assert engine.stats.depth == approx.goldschmidt_steps(0.25, 32.0, cfg.recip_bits) + 1
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(0.25, 32.0), (0.1, 64.0), (8.0, 512.0)])
+def test_reciprocal_meets_its_stated_relative_error(lo, hi):
+    _, packer, _ = dry()
+    ops = CkksOps(packer, TensealConfig(), (lo, hi))
+    xs = np.geomspace(lo, hi, 64).reshape(4, 16)
+    got = packer.decrypt(ops.reciprocal(packer.encrypt(xs)))
+    assert np.max(np.abs(got * xs - 1)) <= 2.0 ** -TensealConfig().recip_bits
+
+
+def test_refreshes_are_counted_with_their_bytes():
+    params = cp.Params(8192, (60, 40, 40, 60), 40)
+    engine = SealEngine(params, set(), allow_insecure=False)
+    ct = engine.encrypt(np.full(params.slots, 1.01))
+    for _ in range(5):  # x^32 with 2 levels: refreshed before the 3rd and the 5th squaring
+        ct = engine.mul(ct, ct)
+    s = engine.stats
+    assert (s.refreshes, s.round_trips, s.depth) == (2, 2, 5)
+    assert s.bytes_up == 3 * params.ct_bytes(2) and s.bytes_down == 2 * params.ct_bytes(0)
+    # exact scale tracking: ~5e-8 observed (forcing 2^40 after each rescale gave 1e-5 here)
+    assert engine.decrypt(ct)[0] == pytest.approx(1.01**32, rel=1e-6)
+
+
+def test_block_runs_end_to_end_with_refreshes():
+    rows = run({"name": "block", "gelu": "quad", "seq_len": 4, "d_model": 16, "n_heads": 2, "d_ff": 32})
+    total = rows[-1]
+    assert total["status"] == "ok", total
+    assert total["refreshes"] > 0 and total["refreshes"] == sum(r["refreshes"] for r in rows[:-1])
+    assert total["rounds"] == total["refreshes"] + 1  # one online round trip, one per refresh
+    assert total["comm_bytes"] == total["comm_bytes_up"] + total["comm_bytes_down"]
+    assert all(r["security_bits"] >= 128 and not r["insecure"] for r in rows)
+    assert total["max_abs_error"] <= total["tolerance"]
+
+
+def test_counters_and_sizes_are_deterministic():
+    keys = ("depth", "rotations", "refreshes", "rounds", "comm_bytes", "ct_bytes", "key_bytes")
+    wl = {"name": "attention_head", "softmax": "power", "seq_len": 4, "d_model": 16}
+    first, second = run(wl), run(wl)
+    assert [[r[k] for k in keys] for r in first] == [[r[k] for k in keys] for r in second]
+    assert first[-1]["ct_bytes"] > 0 and first[-1]["key_bytes"] > 0
+
+
+def test_security_table_and_refusal():
+    assert cp.security_bits(8192, 218) == 128
+    assert cp.security_bits(8192, 152) == 192
+    assert cp.security_bits(16384, 237) == 256
+    assert cp.security_bits(8192, 219) == 0
+    insecure = TensealConfig(poly_modulus_degree=8192, coeff_mod_bit_sizes=[60, 40, 40, 40, 60])
+    with pytest.raises(ConfigError, match="allow_insecure"):
+        backends.get("tenseal").validate(insecure)
+
+
+def test_insecure_parameters_run_only_when_allowed_and_are_marked():
+    wl = {"name": "layernorm", "seq_len": 4, "d_model": 16}
+    params = {"poly_modulus_degree": 8192, "coeff_mod_bit_sizes": [60, 40, 40, 40, 60]}
+    refused = run(wl, **params)
+    assert refused[-1]["status"] == "error" and "allow_insecure" in refused[-1]["error"]
+    rows = run(wl, allow_insecure=True, **params)
+    assert rows[-1]["status"] == "ok"
+    assert all(r["insecure"] and r["security_bits"] == 0 for r in rows)
+
+
+def test_chosen_parameters_are_secure_and_sized_by_depth():
+    shallow = cp.choose(depth=2, slots=1024, scale_bits=40, edge_bits=60, max_n=16384, policy="depth")
+    deep = cp.choose(depth=7, slots=1024, scale_bits=40, edge_bits=60, max_n=16384, policy="depth")
+    capped = cp.choose(depth=30, slots=1024, scale_bits=40, edge_bits=60, max_n=16384, policy="depth")
+    small = cp.choose(depth=30, slots=1024, scale_bits=40, edge_bits=60, max_n=16384, policy="small")
+    assert (shallow.poly_modulus_degree, shallow.levels) == (8192, 2)
+    assert (deep.poly_modulus_degree, deep.levels) == (16384, 7)
+    assert (capped.poly_modulus_degree, capped.levels) == (16384, 7)
+    assert (small.poly_modulus_degree, small.levels) == (8192, 2)
+    assert all(p.security_bits >= 128 for p in (shallow, deep, capped, small))
+
+
+def test_seal_errors_name_the_parameter_to_change():
+    assert "scale_bits" in str(translate(ValueError("scale out of bounds")))
+    assert "coeff_mod_bit_sizes" in str(translate(ValueError("end of modulus switching chain reached")))
+    params = cp.Params(8192, (60, 40, 40, 60), 40)
+    engine = SealEngine(params, set(), allow_insecure=False)
+    with pytest.raises(Exception) as caught:
+        try:
+            engine.encrypt(np.full(params.slots, 1e40))
+        except (ValueError, RuntimeError) as exc:
+            raise translate(exc) from exc
+    assert isinstance(caught.value, CkksError) and "coeff_mod_bit_sizes[0]" in str(caught.value)
+
+
+def test_size_formulas_bound_real_serializations():
+    params = cp.Params(8192, (60, 40, 40, 60), 40)
+    engine = SealEngine(params, {1, 2, -4}, allow_insecure=False)
+    ct = engine.encrypt(np.random.default_rng(0).normal(size=params.slots))
+    keys = params.key_bytes(3)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "obj")
+        for obj, formula in (
+            (ct.raw, params.ct_bytes(2)),
+            (engine.relin_keys, keys["relin"]),
+            (engine.galois_keys, keys["galois"]),
+            (engine.public_key, keys["public"]),
+        ):
+            obj.save(path)
+            assert 0.75 * formula <= os.path.getsize(path) <= formula
+
+
+def test_per_op_depth_in_rows_matches_the_op_structure():
+    rows = run(
+        {"name": "attention_head", "softmax": "power", "seq_len": 4, "d_model": 16}, recip_lo=0.1, recip_hi=512.0
+    )
+    depth = {r["op"]: r["depth"] for r in rows}
+    steps = approx.goldschmidt_steps(0.1, 512.0, TensealConfig().recip_bits)
+    # qk: product, mask, 1/sqrt(hd); softmax: x^4 (2), causal mask (1), 1/x (steps + 1), product (1)
+    expected = {"protect": 0, "qkv_proj": 1, "qk_matmul": 3, "softmax": 2 + 1 + steps + 1 + 1, "av_matmul": 2}
+    assert {op: depth[op] for op in expected} == expected
+    assert depth["out_proj"] == 1 and depth["total"] == sum(v for op, v in depth.items() if op != "total")
