@@ -88,6 +88,7 @@ class Backend(ABC):
     Config: ClassVar[type[BackendConfig]]
     capabilities: ClassVar[Capabilities]
     default_tolerance: ClassVar[float]
+    threat_model: ClassVar[str]  # who holds what, who sees what; recorded in every run's manifest
     ops: Ops
 
     @abstractmethod

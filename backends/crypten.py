@@ -76,6 +76,10 @@ class CryptenBackend(Backend):
     # (0.2 to 1e9 when an approximation leaves its range). Truncation failures (probability about
     # |x| 2^-32 per element at 16 bits) are not absorbed: they show as errors, as they should.
     default_tolerance = 0.05
+    threat_model = (
+        "semi-honest parties; party 0 secret-shares the user's input, party 1 the model's weights; "
+        "weights a variant declares public stay in the clear"
+    )
 
     @classmethod
     def validate(cls, cfg):
@@ -184,7 +188,6 @@ class CryptenBackend(Backend):
             "party_start_s": self.party_start_s,
             "approx": f"exp={c.exp_iterations},recip_nr={c.reciprocal_nr_iters},sqrt_nr={c.sqrt_nr_iters},"
             f"max={c.max_method},gelu={c.gelu}" + (f",erf={c.erf_iterations}" if c.gelu == "erf" else ""),
-            "threat_model": "semi-honest; P0 input, P1 weights",
         }
 
 

@@ -26,6 +26,7 @@ class PlaintextBackend(Backend):
     Config = PlaintextConfig
     capabilities = Capabilities(workloads={name: ALL for name in workloads.REGISTRY})
     default_tolerance = 1e-9
+    threat_model = "none: inputs and weights in the clear (the floor for every overhead)"
 
     @classmethod
     def validate(cls, cfg):

@@ -105,6 +105,10 @@ class TensealBackend(Backend):
         counters=("depth", "comm_bytes", "comm_bytes_up", "comm_bytes_down", "refreshes", "rounds", "rotations"),
     )
     default_tolerance = 5e-3  # ~10x the worst error seen (4.3e-4, block: the rsqrt approximation); noise ~1e-5
+    threat_model = (
+        "client holds the secret key and encrypts its input; semi-honest server holds plaintext weights "
+        "and sees only ciphertexts (and refreshed ciphertexts, re-encrypted by the client)"
+    )
 
     @classmethod
     def unavailable(cls):

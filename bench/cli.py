@@ -10,6 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from backends import get as get_backend
 from bench import manifest
 from bench.cells import expand
 from bench.config import networks, register, typed
@@ -43,6 +44,7 @@ def run_job(cfg: DictConfig) -> None:
         launcher=name,
         jobs_in_parallel=parallel,
         config=OmegaConf.to_container(cfg),
+        threat_models={c.backend["name"]: get_backend(c.backend["name"]).threat_model for c in cells},
     )
     manifest.write(job_dir, {**info, "status": "running", "cells": len(cells)})
     status = "interrupted"

@@ -55,6 +55,7 @@ def collect(
     launcher: str,
     jobs_in_parallel: int,
     config: dict[str, Any],
+    threat_models: dict[str, str],
 ) -> dict[str, Any]:
     status = git("status", "--porcelain", "--untracked-files=no")
     return {
@@ -73,6 +74,7 @@ def collect(
         "platform": platform.platform(),
         "python": platform.python_version(),
         "libraries": library_versions(),
+        "threat_models": threat_models,
         "config": config,
     }
 

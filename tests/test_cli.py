@@ -36,6 +36,7 @@ def test_default_quick_sweep_runs_every_workload_on_plaintext(quick_sweep):
     assert m["schema_version"] == 1 and m["status"] == "finished" and m["cells"] == len(totals)
     assert m["cores"] >= 1 and m["cpu_model"] and m["python"].startswith("3.11")
     assert m["libraries"]["torch"].startswith("2.13.0") and m["jobs_in_parallel"] == 1
+    assert set(m["threat_models"]) == set(totals.backend) and all(m["threat_models"].values())
     assert f"results in {results}/{m['run_id']}/" in done.stdout
     report = quick_sweep.reports / m["run_id"]
     assert f"report in {report}/index.html and {report}/report.md" in done.stdout
