@@ -35,7 +35,7 @@ import workloads
 from backends import _crypten_parties as parties
 from backends.base import ALL, Backend, BackendConfig, Capabilities
 from workloads.base import ConfigError
-from workloads.ops import Ops, TorchOps
+from workloads.ops import Ops, TorchOps, reshape_merge_heads, reshape_split_heads
 
 TRIPLES = ("TFP", "TTP")
 GELU_METHODS = ("tanh", "erf")
@@ -309,12 +309,10 @@ class CryptenOps(Ops):
         return x.polynomial(torch.tensor(coeffs[1:], dtype=torch.float64)).add(float(coeffs[0]))
 
     def split_heads(self, x, n_heads):
-        seq, width = x.shape
-        return x.reshape(seq, n_heads, width // n_heads).transpose(0, 1)
+        return reshape_split_heads(x, n_heads)
 
     def merge_heads(self, x):
-        n_heads, seq, head_dim = x.shape
-        return x.transpose(0, 1).reshape(seq, n_heads * head_dim)
+        return reshape_merge_heads(x)
 
 
 BACKEND = CryptenBackend

@@ -153,9 +153,19 @@ class TorchOps(Ops):
         return acc
 
     def split_heads(self, x, n_heads):
-        seq, width = x.shape
-        return x.reshape(seq, n_heads, width // n_heads).transpose(0, 1)
+        return reshape_split_heads(x, n_heads)
 
     def merge_heads(self, x):
-        n_heads, seq, head_dim = x.shape
-        return x.transpose(0, 1).reshape(seq, n_heads * head_dim)
+        return reshape_merge_heads(x)
+
+
+def reshape_split_heads(x, n_heads: int):
+    """`split_heads` for any value with torch's reshape / transpose (tensors, CrypTensors)."""
+    seq, width = x.shape
+    return x.reshape(seq, n_heads, width // n_heads).transpose(0, 1)
+
+
+def reshape_merge_heads(x):
+    """`merge_heads` for any value with torch's reshape / transpose."""
+    n_heads, seq, head_dim = x.shape
+    return x.transpose(0, 1).reshape(seq, n_heads * head_dim)
