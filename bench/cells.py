@@ -80,7 +80,8 @@ def run_cell(cell: Cell) -> list[dict[str, Any]]:
 
 def variant_configs(cls: type[workloads.Workload], sizes: dict[str, Any], mode: str) -> list[Any]:
     """`default`: the default variant; `each`: also every other value of one switch at a time;
-    `grid`: every combination of switch values."""
+    `grid`: every combination of switch values. Variants these sizes do not allow (head_merge=2
+    with an odd n_heads) are left out; the default variant (listed first) must be valid."""
     if mode == "grid":
         switches = list(cls.variants)
         combos = [dict(zip(switches, values, strict=True)) for values in itertools.product(*cls.variants.values())]
@@ -89,7 +90,16 @@ def variant_configs(cls: type[workloads.Workload], sizes: dict[str, Any], mode: 
         if mode == "each":
             defaults = cls.Config()
             combos += [{s: v} for s, vals in cls.variants.items() for v in vals if v != getattr(defaults, s)]
-    return [cls.Config(**sizes, **combo, name=cls.name) for combo in combos]
+    configs = [cls.Config(**sizes, **combo, name=cls.name) for combo in combos]
+    return [configs[0], *(c for c in configs[1:] if valid(cls, c))]  # the first is the default variant
+
+
+def valid(cls: type[workloads.Workload], cfg: Any) -> bool:
+    try:
+        cls.validate(cfg)
+    except ConfigError:
+        return False
+    return True
 
 
 def expand(backend: Any, workload: Any, harness: HarnessConfig) -> list[Cell]:

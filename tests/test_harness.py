@@ -81,6 +81,14 @@ def test_quick_sweep_cells_cover_every_workload_and_variant():
     assert len({c.id for c in cells}) == len(cells)
 
 
+@pytest.mark.parametrize("mode", ["each", "grid"])
+def test_sweep_leaves_out_variants_the_sizes_do_not_allow(mode):
+    cells = expand(plaintext(), AllWorkloadsConfig(n_heads=3, d_model=48, variants=mode), FAST)
+    merges = {c.workload["head_merge"] for c in cells if c.workload["name"] == "block"}
+    assert merges == {1}  # head_merge=2 does not divide 3 heads
+    assert {c.workload["name"] for c in cells} == {"attention_head", "layernorm", "block", "lora_update"}
+
+
 def cells_for(*backend_cfgs, workload=None):
     workload = workload or LayerNormConfig()
     return [c for b in backend_cfgs for c in expand(b, workload, FAST)]
