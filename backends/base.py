@@ -145,8 +145,15 @@ class Backend(ABC):
         """Cumulative online counters (`rounds`, `comm_bytes`, `pbs`, ...) since `setup`."""
         return {}
 
+    def op_outputs(self, workload: Workload, inputs: dict[str, torch.Tensor], weights: Any) -> dict[str, Any] | None:
+        """Every op's output as float64, for per-op errors, when a run cannot reveal them (a fused
+        circuit); None: the harness reveals them from a run."""
+        return None
+
     def op_counters(self) -> dict[str, dict[str, float]]:
-        """Counters known per op without running it (e.g. PBS per tag of a compiled circuit)."""
+        """Counters known per op without running it (e.g. PBS per tag of a compiled circuit). A
+        `latency_s` here replaces the measured one: a modelled estimate (then `estimated=True` in
+        `metrics`)."""
         return {}
 
     def metrics(self) -> dict[str, Any]:

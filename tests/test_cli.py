@@ -80,7 +80,7 @@ def test_parallel_launcher_records_jobs_in_parallel(tmp_path):
 
 
 BAD_INPUT = [
-    (["backend=foo"], "backend=foo is unknown; choose one of: all, crypten, faulty, plaintext, tenseal"),
+    (["backend=foo"], "backend=foo is unknown; choose one of: all, concrete, crypten, faulty, plaintext, tenseal"),
     (["workload=mlp"], "workload=mlp is unknown; choose one of: all, attention_head, layernorm, block, lora_update"),
     (["workload=attention_head", "workload.n_heads=5"], "workload.d_model=64 is not divisible by workload.n_heads=5"),
     (["workload=block", "workload.gelu=tanh"], "workload.gelu=tanh is not a variant of block; allowed: exact, poly"),

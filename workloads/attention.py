@@ -7,7 +7,9 @@ Softmax variants (the HE/MPC-friendly replacements studied in the literature):
 - `gaussian`: exp(-||q - k||^2 / (2 sigma^2 sqrt(d))), no normalisation (Encryption-friendly LLM).
 - `quad2`: (x + c)^2 normalised (MPCFormer's 2Quad).
 - `relu`: relu(x) normalised.
-Non-exact variants mask by multiplying with the 0/1 causal mask after the non-linearity.
+Scores above the diagonal are zeroed with the 1/sqrt(head_dim) scaling (one public product), so a
+backend may skip computing them; non-exact variants multiply by the 0/1 causal mask again after the
+non-linearity.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def normalise(ops: Ops, e, eps: float):
 
 
 def attention_weights(ops: Ops, cfg: AttentionConfig, head_dim: int, scores, q, k):
-    """Row weights from the scaled scores (n_heads, seq, seq) by the configured variant."""
+    """Row weights from the scaled, causally masked scores (n_heads, seq, seq) by the variant."""
     keep = torch.tril(torch.ones(cfg.seq_len, cfg.seq_len, dtype=torch.float64))
     if cfg.softmax == "exact":
         return ops.softmax(ops.add(scores, (1 - keep) * cfg.mask_value))
@@ -87,7 +89,9 @@ def attention(ops: Ops, rec: Recorder, cfg: AttentionConfig, n_heads: int, x, w:
         return tuple(ops.split_heads(ops.linear(x, w[f"w{n}"], w[f"b{n}"]), n_heads) for n in "qkv")
 
     q, k, v = rec("qkv_proj", qkv)
-    scores = rec("qk_matmul", lambda: ops.mul(ops.matmul(q, ops.transpose(k)), 1 / math.sqrt(head_dim)))
+    keep = torch.tril(torch.ones(cfg.seq_len, cfg.seq_len, dtype=torch.float64))
+    # scaled and causally masked: scores above the diagonal are 0, so no backend needs to compute them
+    scores = rec("qk_matmul", lambda: ops.mul(ops.matmul(q, ops.transpose(k)), keep / math.sqrt(head_dim)))
     probs = rec("softmax", lambda: attention_weights(ops, cfg, head_dim, scores, q, k))
     heads = rec("av_matmul", lambda: ops.matmul(probs, v))
     return rec("out_proj", lambda: ops.linear(ops.merge_heads(heads), w["wo"], w["bo"]))

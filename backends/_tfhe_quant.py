@@ -1,0 +1,408 @@
+"""The op set on quantized integers: what a TFHE circuit computes, traced by Concrete or run in the clear.
+
+A value is `Q(v, scale, fixed)`: integers `v` standing for `v * scale`, and `fixed`, a float array
+that is NaN where an entry depends on the input and holds the entry's value where it does not (the
+causal mask's zeros and constants), so that such entries cost no lookups and no products. `v` is 0
+at known entries: their values live in `fixed` only, so a large constant (the mask's -30) never
+widens the integers the circuit carries.
+
+One forward over `QuantOps` runs in three modes:
+- `calibrate`: `v` are float arrays and nothing is quantized; every lookup records the largest
+  |input| and |output| it sees (maxed over the calibration inputs), in call order;
+- `clear`: `v` are int64 arrays: the quantized-clear model, the circuit's integers without encryption;
+- `trace`: `v` are Concrete tracers: the circuit (ops become `fhe.tag`s, set by the backend).
+
+Where the PBS go (one programmable bootstrap per lookup per entry):
+- weights are clear integers (`n_bits`, symmetric per tensor): `linear` is a clear matmul, no PBS,
+  and leaves a wide accumulator;
+- a lookup (exp, reciprocal, relu, requantization) on a wide accumulator first drops its low bits
+  (`round_bit_pattern` with an `AutoRounder` keeping `rounding_bits`, adjusted by Concrete from the
+  inputset), then maps straight to the output grid: re-quantization is fused into the table;
+- private x private `matmul`: sum_k a_k b_k = (sum_k (a_k + b_k)^2 - sum_k a_k^2 - sum_k b_k^2) / 2,
+  one lookup per product term plus one per operand entry (each square is reused by every row or
+  column it meets), against two per term for Concrete's own multiplication. Output entries that a
+  following `mul` by a public mask zeroes are never computed, and terms whose operand is a known
+  zero are skipped: a causal head pays for the lower triangle only.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from workloads.ops import Ops
+
+MODES = ("calibrate", "clear", "trace")
+
+
+def concrete_fhe():
+    """`concrete.fhe`, imported without the pkg_resources deprecation warning its __init__ prints
+    (setuptools<81 is pinned so that the import works at all)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        from concrete import fhe
+    return fhe
+
+
+@dataclass
+class Q:
+    """A quantized value; see the module docstring."""
+
+    v: Any
+    scale: float
+    fixed: np.ndarray  # NaN: input-dependent
+    narrow: bool = False  # on the `n_bits` grid (an input or a lookup's output), not an accumulator
+
+    @property
+    def shape(self):
+        return self.fixed.shape
+
+    def free(self) -> np.ndarray:
+        return np.isnan(self.fixed)
+
+
+@dataclass
+class Product:
+    """A private x private matmul not yet computed: the next op decides which entries it needs."""
+
+    a: Q
+    b: Q
+
+
+@dataclass
+class QuantSettings:
+    n_bits: int  # activations and weights
+    rounding: str  # none | exact | approximate (Concrete's round_bit_pattern exactness)
+    rounding_bits: int  # bits kept of a wide accumulator before a lookup
+
+
+class QuantOps(Ops):
+    """`Ops` on `Q` values in one of `MODES`; `ranges` come from the calibrate pass."""
+
+    def __init__(self, settings: QuantSettings, mode: str, ranges: list[list[float]] | None = None, rounders=None):
+        self.s, self.mode = settings, mode
+        self.ranges = [] if ranges is None else ranges
+        self.rounders = rounders  # one `fhe.AutoRounder` per lookup slot; Concrete adjusts them when compiling
+        self.calls = 0
+        self.qmax = 2 ** (settings.n_bits - 1) - 1
+
+    # values in and out -------------------------------------------------------------------------
+
+    def private(self, x: torch.Tensor) -> Q:
+        """An input as the client encrypts it: `n_bits` over its calibrated range (a lookup slot)."""
+        x = x.numpy()
+        i = self._next()
+        if self.mode == "calibrate":
+            self._record(i, np.abs(x).max(), np.abs(x).max())
+            return Q(x, 1.0, np.full(x.shape, np.nan), narrow=True)
+        scale = self.ranges[i][1] / self.qmax
+        v = np.clip(np.round(x / scale), -self.qmax, self.qmax).astype(np.int64)
+        return Q(v, scale, np.full(x.shape, np.nan), narrow=True)
+
+    def encrypted(self, q: Q, v) -> Q:
+        """`q`'s scale and structure on the circuit's input tracer `v`."""
+        return Q(v, q.scale, q.fixed, q.narrow)
+
+    def weight(self, w: torch.Tensor) -> Q:
+        """A clear weight, `n_bits` symmetric per tensor (the float itself when calibrating)."""
+        w = w.numpy()
+        if self.mode == "calibrate":
+            return Q(w, 1.0, w)
+        scale = max(np.abs(w).max(), 1e-12) / self.qmax
+        return Q(np.round(w / scale).astype(np.int64), scale, w)
+
+    def resolve(self, value):
+        """`value` (or a tuple of values) with every pending product computed."""
+        if isinstance(value, tuple):
+            return tuple(self._value(v) for v in value)
+        return self._value(value)
+
+    def dequantize(self, q) -> torch.Tensor | tuple:
+        if isinstance(q, tuple):
+            return tuple(self.dequantize(v) for v in q)
+        q = self._value(q)
+        return torch.as_tensor(np.where(q.free(), np.asarray(q.v, dtype=np.float64) * q.scale, q.fixed))
+
+    # the op set ---------------------------------------------------------------------------------
+
+    def linear(self, x, w, b=None):
+        x = self._narrow(self._value(x))
+        const = np.nan_to_num(x.fixed) @ w.fixed + (0 if b is None else b.fixed)  # known inputs, bias
+        shape = x.fixed.shape[:-1] + w.shape[-1:]
+        if self.mode == "calibrate":
+            return self._new(x.v @ w.v + const, 1.0, shape)
+        scale = x.scale * w.scale
+        return self._new(x.v @ w.v + self._ints(const, scale), scale, shape)
+
+    def matmul(self, a, b):
+        return Product(self._narrow(self._value(a)), self._narrow(self._value(b)))
+
+    def transpose(self, a):
+        a = self._value(a)
+        axes = (*range(a.fixed.ndim - 2), a.fixed.ndim - 1, a.fixed.ndim - 2)
+        return Q(np.transpose(a.v, axes), a.scale, np.transpose(a.fixed, axes), a.narrow)
+
+    def add(self, a, b):
+        return self._affine(a, b, 1)
+
+    def sub(self, a, b):
+        return self._affine(a, b, -1)
+
+    def mul(self, a, b):
+        if isinstance(b, (Q, Product)) and not isinstance(a, (Q, Product)):
+            a, b = b, a
+        if isinstance(b, (Q, Product)):
+            return self._mul_private(self._value(a), self._value(b))
+        b = np.broadcast_to(np.asarray(b.numpy() if isinstance(b, torch.Tensor) else b, dtype=np.float64), a_shape(a))
+        if isinstance(a, Product):
+            a = self._product(a, needed=b != 0)
+        return self._mul_public(a, b)
+
+    def square(self, x):
+        return self.lookup(x, np.square, signed=False)
+
+    def sum(self, x, dim=-1):
+        if dim is None:
+            raise NotImplementedError("concrete: sums over the last dim only")
+        x = self._value(x)
+        free = x.free().any(-1, keepdims=True)
+        known = np.where(x.free(), 0.0, x.fixed).sum(-1, keepdims=True)
+        const = self._ints(np.where(free, known, 0.0), x.scale)
+        return Q(np.sum(x.v, axis=-1, keepdims=True) + const, x.scale, np.where(free, np.nan, known))
+
+    def exp(self, x):
+        return self.lookup(x, np.exp, signed=False)
+
+    def reciprocal(self, x):
+        return self.lookup(x, lambda a: 1 / np.maximum(a, 1e-9), signed=False, singular=True)
+
+    def rsqrt(self, x):
+        return self.lookup(x, lambda a: 1 / np.sqrt(np.maximum(a, 1e-9)), signed=False, singular=True)
+
+    def relu(self, x):
+        return self.lookup(x, lambda a: np.maximum(a, 0), signed=False)
+
+    def gelu(self, x):
+        return self.lookup(x, lambda a: torch.nn.functional.gelu(torch.as_tensor(a)).numpy())
+
+    def softmax(self, x):
+        """exp(x - row max) as one lookup per entry, on the scores re-quantized (one lookup per entry)
+        so that the row max (Concrete's maximum, ~1 lookup per comparison) is narrow; the row sum's
+        reciprocal, one lookup per row; their product, Concrete's two lookups per entry. Known
+        entries (the causal mask's -30) stay known: their exp is 0 on any `n_bits` grid."""
+        x = self._narrow(self._value(x))
+        shifted = Q(x.v - self._row_max(x).v, x.scale, x.fixed)  # only its free entries are looked up
+        e = self.lookup(shifted, np.exp, signed=False)
+        return self.mul(e, self.reciprocal(self.sum(e)))
+
+    def _row_max(self, x: Q) -> Q:
+        """The max of each row's free entries, shape (..., 1): one lookup per comparison."""
+        free = x.free().reshape(-1, x.shape[-1])
+        flat = x.v.reshape(free.shape)
+        if self.mode == "calibrate":
+            v = np.where(free, flat, -np.inf).max(axis=-1)
+        else:
+            fhe = concrete_fhe()
+
+            relu = fhe.univariate(lambda d: np.maximum(d, 0))
+            maxima = []
+            for r, cols in enumerate(free):
+                m = flat[r, int(np.flatnonzero(cols)[0])]
+                for c in np.flatnonzero(cols)[1:]:
+                    m = m + relu(flat[r, int(c)] - m)  # max(m, c): one lookup
+                maxima.append(m.reshape(1) if self.mode == "trace" else np.reshape(m, 1))
+            v = np.concatenate(tuple(maxima))
+        shape = x.shape[:-1] + (1,)
+        return Q(v.reshape(shape), x.scale, np.full(shape, np.nan), narrow=True)
+
+    def poly(self, x, coeffs):
+        return self.lookup(x, lambda a: np.polynomial.polynomial.polyval(a, coeffs))
+
+    def split_heads(self, x, n_heads):
+        x = self._value(x)
+        seq, width = x.shape
+        if n_heads == 1:
+            return Q(x.v.reshape(1, seq, width), x.scale, x.fixed.reshape(1, seq, width), x.narrow)
+        raise NotImplementedError("concrete: one head per circuit")
+
+    def merge_heads(self, x):
+        x = self._value(x)
+        _, seq, width = x.shape
+        return Q(x.v.reshape(seq, width), x.scale, x.fixed.reshape(seq, width), x.narrow)
+
+    # lookups ------------------------------------------------------------------------------------
+
+    def lookup(self, x, f, signed: bool = True, singular: bool = False) -> Q:
+        """`f` elementwise as one table lookup per input-dependent entry, its output on an `n_bits`
+        grid (unsigned outputs use the sign bit too) over the calibrated output range. For an `f`
+        that blows up at 0 (`singular`), the range leaves out inputs below the accumulator's
+        rounding step, which the table clips to its largest value."""
+        x = self._value(x)
+        i = self._next()
+        known = ~x.free()
+        fixed = np.where(known, f(np.where(known, x.fixed, 0.0)), np.nan)
+        if self.mode == "calibrate":
+            out = f(x.v)
+            free = x.free()
+            in_max = np.abs(x.v[free]).max(initial=0)
+            ranged = free & (np.abs(x.v) >= in_max * 2.0**-self.s.rounding_bits) if singular else free
+            self._record(i, in_max, np.abs(out[ranged]).max(initial=0))
+            fixed[np.abs(fixed) < 1e-6 * self.ranges[i][1]] = 0.0  # below any grid: a known zero
+            return Q(np.where(free, out, 0.0), 1.0, fixed, narrow=True)
+        out_max = self.ranges[i][1]
+        top = 2 * self.qmax + 1 if not signed else self.qmax
+        scale = max(out_max, 1e-12) / top
+        fixed = np.round(fixed / scale) * scale  # known entries on the output grid
+        lo = 0 if not signed else -top
+
+        def table(a, s_in=x.scale):
+            return np.clip(np.round(f(a * s_in) / scale), lo, top).astype(np.int64)
+
+        fhe = concrete_fhe()
+
+        def apply(t):  # rounding feeds the lookup directly, as Concrete requires
+            if self.s.rounding != "none":
+                # overflow protection off: in Concrete 2.11, when rounding narrows the value by a bit
+                # (int8 -> int7), the protected path feeds the table twice the value (simulation and
+                # the clear model then disagree); `qclear_abs_error` would show a wrapped top value
+                t = fhe.round_bit_pattern(t, lsbs_to_remove=self.rounders[i], overflow_protection=False)
+            return fhe.univariate(table)(t)
+
+        out = self._on_free(x.free(), apply, x.v)
+        return Q(out, scale, fixed, narrow=True)
+
+    def _on_free(self, free: np.ndarray, fn, *values):
+        """`fn` on the entries marked `free` of `values` (same shape), zeros elsewhere. The free
+        entries are gathered into one vector and scattered back by clear 0/1 matmuls (no PBS), so
+        `fn` sees one tensor whose bit-width covers them all."""
+        if free.all():
+            return fn(*values)
+        pick = np.eye(free.size, dtype=np.int64)[:, free.reshape(-1)]
+        return (fn(*(v.reshape(-1) @ pick for v in values)) @ pick.T).reshape(free.shape)
+
+    # products -----------------------------------------------------------------------------------
+
+    def _product(self, p: Product, needed: np.ndarray) -> Q:
+        """`a @ b` on the `needed` output entries (zeros elsewhere), by squares of sums."""
+        a, b = p.a, p.b
+        shape = a_shape(p)
+        needed = np.broadcast_to(needed, shape)
+        fixed = np.where(needed, np.nan, 0.0)
+        if self.mode == "calibrate":
+            return Q(np.where(needed, a.v @ b.v, 0.0), 1.0, fixed)
+        if len(shape) > 2 and math.prod(shape[:-2]) != 1:
+            raise NotImplementedError("concrete: one head per circuit")
+        m, k, n = shape[-2], a.shape[-1], shape[-1]
+        av, bv = a.v.reshape(m, k), b.v.reshape(k, n)
+        if (np.nan_to_num(a.fixed) != 0).any() or (np.nan_to_num(b.fixed) != 0).any():
+            raise NotImplementedError("concrete: a product with known non-zero entries")
+        used = np.isnan(a.fixed.reshape(m, k))  # terms with a known-zero a are skipped
+        need = needed.reshape(m, n)
+        fhe = concrete_fhe()
+
+        sq = fhe.univariate(np.square)
+        a_sq = self._on_free(used, sq, av)  # each used operand entry squared once
+        b_sq = sq(bv)
+        rows = []
+        for i in range(m):
+            terms, cols = np.flatnonzero(used[i]), np.flatnonzero(need[i])
+            if not len(cols) or not len(terms):
+                rows.append(0 * av[i, :1].reshape(1, 1) * np.zeros((1, n), dtype=np.int64))
+                continue
+            pick_t = np.eye(k, dtype=np.int64)[:, terms]
+            pick_c = np.eye(n, dtype=np.int64)[:, cols]
+            a_i = av[i] @ pick_t  # (T,)
+            b_i = np.transpose(np.transpose(bv @ pick_c) @ pick_t)  # (T, C), tracers on the left
+            pairs = np.sum(sq(a_i.reshape(-1, 1) + b_i), axis=0)
+            b_norms = np.transpose(b_sq @ pick_c) @ used[i].astype(np.int64)  # (C,): sum over the terms
+            row = pairs - b_norms - np.sum(a_sq[i] @ pick_t)
+            rows.append((row @ pick_c.T).reshape(1, n))
+        v = np.concatenate(tuple(rows), axis=0).reshape(shape)
+        return Q(v, a.scale * b.scale / 2, fixed)
+
+    def _mul_private(self, a: Q, b: Q) -> Q:
+        """Elementwise product of two private values: Concrete's multiplication (2 PBS per entry)
+        on the entries that neither operand fixes to zero."""
+        a, b = self._narrow(a), self._narrow(b)
+        shape = np.broadcast_shapes(a.shape, b.shape)
+        fa, fb = np.broadcast_to(a.fixed, shape), np.broadcast_to(b.fixed, shape)
+        zero = (fa == 0) | (fb == 0)
+        if ((~np.isnan(fa) | ~np.isnan(fb)) & ~zero).any():
+            raise NotImplementedError("concrete: a product with known non-zero entries")
+        fixed = np.where(zero, 0.0, np.nan)
+        if self.mode == "calibrate":
+            return Q(np.where(zero, 0.0, a.v * b.v), 1.0, fixed)
+        va, vb = a.v + np.zeros(shape, dtype=np.int64), b.v + np.zeros(shape, dtype=np.int64)
+        return Q(self._on_free(~zero, lambda x, y: x * y, va, vb), a.scale * b.scale, fixed)
+
+    def _mul_public(self, a: Q, b: np.ndarray) -> Q:
+        """A public multiplier: a uniform one (besides zeros) folds into the scale; others are
+        quantized to `n_bits` and multiply the integers, no PBS either way."""
+        nonzero = b[b != 0]
+        fixed = np.where(b == 0, 0.0, a.fixed * b)
+        if not nonzero.size:
+            return Q(a.v * 0, 1.0, fixed)
+        uniform = bool(np.all(nonzero == nonzero[0]))
+        if uniform:
+            mult, scale = (b != 0).astype(np.int64), a.scale * float(nonzero[0])
+        else:
+            step = np.abs(b).max() / self.qmax
+            mult, scale = np.round(b / step).astype(np.int64), a.scale * step
+        if self.mode == "calibrate":
+            return Q(a.v * mult * (scale / a.scale), 1.0, fixed, a.narrow and uniform)
+        zeroed = bool(np.all(a.fixed[b == 0] == 0))  # the mask's zeros are known zeros already
+        v = a.v if uniform and zeroed else a.v * mult
+        return Q(v, scale, fixed, a.narrow and uniform)
+
+    def _affine(self, a, b, sign: int) -> Q:
+        """`a + sign * b` with `b` public, or private on the same grid."""
+        a = self._value(a)
+        if isinstance(b, (Q, Product)):
+            b = self._value(b)
+            if self.mode != "calibrate" and not math.isclose(a.scale, b.scale):
+                raise NotImplementedError("concrete: a sum of private values on different grids")
+            fixed = a.fixed + sign * b.fixed
+            free = np.isnan(fixed)  # a known entry meeting a free one joins the integers
+            const = np.where(free, np.nan_to_num(a.fixed) + sign * np.nan_to_num(b.fixed), 0.0)
+            return Q(a.v + sign * b.v + self._ints(const, a.scale), a.scale, fixed)
+        b = np.broadcast_to(np.asarray(b.numpy() if isinstance(b, torch.Tensor) else b, dtype=np.float64), a.shape)
+        const = np.where(a.free(), sign * b, 0.0)
+        return Q(a.v + self._ints(const, a.scale), a.scale, a.fixed + sign * b)
+
+    # helpers ------------------------------------------------------------------------------------
+
+    def _value(self, x) -> Q:
+        return self._product(x, needed=np.ones(1, dtype=bool)) if isinstance(x, Product) else x
+
+    def _narrow(self, x: Q) -> Q:
+        """`x` on the `n_bits` grid: an identity lookup (re-quantization) unless it is already there."""
+        return x if x.narrow else self.lookup(x, lambda a: a)
+
+    def _ints(self, values: np.ndarray, scale: float):
+        """Public values on a value's grid: integers, or the floats themselves when calibrating."""
+        return values if self.mode == "calibrate" else np.round(values / scale).astype(np.int64)
+
+    def _new(self, v, scale, shape) -> Q:
+        return Q(v, scale, np.full(shape, np.nan))
+
+    def _next(self) -> int:
+        self.calls += 1
+        return self.calls - 1
+
+    def _record(self, i: int, in_max: float, out_max: float, top: float = -np.inf):
+        """Slot `i`: largest |input|, largest |output|, largest signed input (softmax's shift)."""
+        while len(self.ranges) <= i:
+            self.ranges.append([0.0, 0.0, -np.inf])
+        r = self.ranges[i]
+        r[0], r[1], r[2] = max(r[0], float(in_max)), max(r[1], float(out_max)), max(r[2], top)
+
+
+def a_shape(a) -> tuple:
+    if isinstance(a, Product):
+        return np.broadcast_shapes(a.a.shape[:-2], a.b.shape[:-2]) + (a.a.shape[-2], a.b.shape[-1])
+    return a.shape
