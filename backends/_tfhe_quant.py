@@ -28,25 +28,16 @@ Where the PBS go (one programmable bootstrap per lookup per entry):
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from backends._tfhe_blocks import concrete_fhe, elementwise_product, matrix_product, on_free, row_maxima
 from workloads.ops import Ops
 
 MODES = ("calibrate", "clear", "trace")
-
-
-def concrete_fhe():
-    """`concrete.fhe`, imported without the pkg_resources deprecation warning its __init__ prints
-    (setuptools<81 is pinned so that the import works at all)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        from concrete import fhe
-    return fhe
 
 
 @dataclass
@@ -154,6 +145,7 @@ class QuantOps(Ops):
         return self._affine(a, b, -1)
 
     def mul(self, a, b):
+        a, b = known_as_public(a), known_as_public(b)
         if isinstance(b, (Q, Product)) and not isinstance(a, (Q, Product)):
             a, b = b, a
         if isinstance(b, (Q, Product)):
@@ -167,9 +159,9 @@ class QuantOps(Ops):
         return self.lookup(x, np.square, signed=False)
 
     def sum(self, x, dim=-1):
-        if dim is None:
-            raise NotImplementedError("concrete: sums over the last dim only")
         x = self._value(x)
+        if dim is None:  # everything: one row, summed, kept (1, 1) (Concrete 2.11 cannot reshape to a scalar)
+            return self.sum(Q(x.v.reshape(1, -1), x.scale, x.fixed.reshape(1, -1), x.narrow))
         free = x.free().any(-1, keepdims=True)
         known = np.where(x.free(), 0.0, x.fixed).sum(-1, keepdims=True)
         const = self._ints(np.where(free, known, 0.0), x.scale)
@@ -196,29 +188,13 @@ class QuantOps(Ops):
         reciprocal, one lookup per row; their product, Concrete's two lookups per entry. Known
         entries (the causal mask's -30) stay known: their exp is 0 on any `n_bits` grid."""
         x = self._narrow(self._value(x))
-        shifted = Q(x.v - self._row_max(x).v, x.scale, x.fixed)  # only its free entries are looked up
+        if self.mode == "calibrate":
+            row_max = np.where(x.free(), x.v, -np.inf).max(axis=-1, keepdims=True)
+        else:
+            row_max = row_maxima(x.v, x.free())
+        shifted = Q(x.v - row_max, x.scale, x.fixed)  # only its free entries are looked up
         e = self.lookup(shifted, np.exp, signed=False)
         return self.mul(e, self.reciprocal(self.sum(e)))
-
-    def _row_max(self, x: Q) -> Q:
-        """The max of each row's free entries, shape (..., 1): one lookup per comparison."""
-        free = x.free().reshape(-1, x.shape[-1])
-        flat = x.v.reshape(free.shape)
-        if self.mode == "calibrate":
-            v = np.where(free, flat, -np.inf).max(axis=-1)
-        else:
-            fhe = concrete_fhe()
-
-            relu = fhe.univariate(lambda d: np.maximum(d, 0))
-            maxima = []
-            for r, cols in enumerate(free):
-                m = flat[r, int(np.flatnonzero(cols)[0])]
-                for c in np.flatnonzero(cols)[1:]:
-                    m = m + relu(flat[r, int(c)] - m)  # max(m, c): one lookup
-                maxima.append(m.reshape(1) if self.mode == "trace" else np.reshape(m, 1))
-            v = np.concatenate(tuple(maxima))
-        shape = x.shape[:-1] + (1,)
-        return Q(v.reshape(shape), x.scale, np.full(shape, np.nan), narrow=True)
 
     def poly(self, x, coeffs):
         return self.lookup(x, lambda a: np.polynomial.polynomial.polyval(a, coeffs))
@@ -226,22 +202,29 @@ class QuantOps(Ops):
     def split_heads(self, x, n_heads):
         x = self._value(x)
         seq, width = x.shape
-        if n_heads == 1:
-            return Q(x.v.reshape(1, seq, width), x.scale, x.fixed.reshape(1, seq, width), x.narrow)
-        raise NotImplementedError("concrete: one head per circuit")
+
+        def split(t):
+            return np.transpose(t.reshape(seq, n_heads, width // n_heads), (1, 0, 2))
+
+        return Q(split(x.v), x.scale, split(x.fixed), x.narrow)
 
     def merge_heads(self, x):
         x = self._value(x)
-        _, seq, width = x.shape
-        return Q(x.v.reshape(seq, width), x.scale, x.fixed.reshape(seq, width), x.narrow)
+        n_heads, seq, head_dim = x.shape
+
+        def merge(t):
+            return np.transpose(t, (1, 0, 2)).reshape(seq, n_heads * head_dim)
+
+        return Q(merge(x.v), x.scale, merge(x.fixed), x.narrow)
 
     # lookups ------------------------------------------------------------------------------------
 
-    def lookup(self, x, f, signed: bool = True, singular: bool = False) -> Q:
+    def lookup(self, x, f, signed: bool = True, singular: bool = False, grid: float | None = None) -> Q:
         """`f` elementwise as one table lookup per input-dependent entry, its output on an `n_bits`
-        grid (unsigned outputs use the sign bit too) over the calibrated output range. For an `f`
-        that blows up at 0 (`singular`), the range leaves out inputs below the accumulator's
-        rounding step, which the table clips to its largest value."""
+        grid (unsigned outputs use the sign bit too) over the calibrated output range, or on the
+        given `grid` (a scale: the output is then as wide as that grid needs). For an `f` that blows
+        up at 0 (`singular`), the range leaves out inputs below the accumulator's rounding step,
+        which the table clips to its largest value."""
         x = self._value(x)
         i = self._next()
         known = ~x.free()
@@ -253,10 +236,13 @@ class QuantOps(Ops):
             ranged = free & (np.abs(x.v) >= in_max * 2.0**-self.s.rounding_bits) if singular else free
             self._record(i, in_max, np.abs(out[ranged]).max(initial=0))
             fixed[np.abs(fixed) < 1e-6 * self.ranges[i][1]] = 0.0  # below any grid: a known zero
-            return Q(np.where(free, out, 0.0), 1.0, fixed, narrow=True)
+            return Q(np.where(free, out, 0.0), 1.0, fixed, narrow=grid is None)
         out_max = self.ranges[i][1]
-        top = 2 * self.qmax + 1 if not signed else self.qmax
-        scale = max(out_max, 1e-12) / top
+        if grid is None:
+            top = 2 * self.qmax + 1 if not signed else self.qmax
+            scale = max(out_max, 1e-12) / top
+        else:
+            scale, top = grid, max(math.ceil(out_max / grid), 1)
         fixed = np.round(fixed / scale) * scale  # known entries on the output grid
         lo = 0 if not signed else -top
 
@@ -273,61 +259,34 @@ class QuantOps(Ops):
                 t = fhe.round_bit_pattern(t, lsbs_to_remove=self.rounders[i], overflow_protection=False)
             return fhe.univariate(table)(t)
 
-        out = self._on_free(x.free(), apply, x.v)
-        return Q(out, scale, fixed, narrow=True)
-
-    def _on_free(self, free: np.ndarray, fn, *values):
-        """`fn` on the entries marked `free` of `values` (same shape), zeros elsewhere. The free
-        entries are gathered into one vector and scattered back by clear 0/1 matmuls (no PBS), so
-        `fn` sees one tensor whose bit-width covers them all."""
-        if free.all():
-            return fn(*values)
-        pick = np.eye(free.size, dtype=np.int64)[:, free.reshape(-1)]
-        return (fn(*(v.reshape(-1) @ pick for v in values)) @ pick.T).reshape(free.shape)
+        out = on_free(x.free(), apply, x.v)
+        return Q(out, scale, fixed, narrow=grid is None)
 
     # products -----------------------------------------------------------------------------------
 
     def _product(self, p: Product, needed: np.ndarray) -> Q:
-        """`a @ b` on the `needed` output entries (zeros elsewhere), by squares of sums."""
+        """`a @ b` on the `needed` output entries (zeros elsewhere), by squares of sums, one matrix
+        (head) at a time."""
         a, b = p.a, p.b
         shape = a_shape(p)
         needed = np.broadcast_to(needed, shape)
         fixed = np.where(needed, np.nan, 0.0)
         if self.mode == "calibrate":
             return Q(np.where(needed, a.v @ b.v, 0.0), 1.0, fixed)
-        if len(shape) > 2 and math.prod(shape[:-2]) != 1:
-            raise NotImplementedError("concrete: one head per circuit")
-        m, k, n = shape[-2], a.shape[-1], shape[-1]
-        av, bv = a.v.reshape(m, k), b.v.reshape(k, n)
         if (np.nan_to_num(a.fixed) != 0).any() or (np.nan_to_num(b.fixed) != 0).any():
             raise NotImplementedError("concrete: a product with known non-zero entries")
-        used = np.isnan(a.fixed.reshape(m, k))  # terms with a known-zero a are skipped
-        need = needed.reshape(m, n)
-        fhe = concrete_fhe()
-
-        sq = fhe.univariate(np.square)
-        a_sq = self._on_free(used, sq, av)  # each used operand entry squared once
-        b_sq = sq(bv)
-        rows = []
-        for i in range(m):
-            terms, cols = np.flatnonzero(used[i]), np.flatnonzero(need[i])
-            if not len(cols) or not len(terms):
-                rows.append(0 * av[i, :1].reshape(1, 1) * np.zeros((1, n), dtype=np.int64))
-                continue
-            pick_t = np.eye(k, dtype=np.int64)[:, terms]
-            pick_c = np.eye(n, dtype=np.int64)[:, cols]
-            a_i = av[i] @ pick_t  # (T,)
-            b_i = np.transpose(np.transpose(bv @ pick_c) @ pick_t)  # (T, C), tracers on the left
-            pairs = np.sum(sq(a_i.reshape(-1, 1) + b_i), axis=0)
-            b_norms = np.transpose(b_sq @ pick_c) @ used[i].astype(np.int64)  # (C,): sum over the terms
-            row = pairs - b_norms - np.sum(a_sq[i] @ pick_t)
-            rows.append((row @ pick_c.T).reshape(1, n))
-        v = np.concatenate(tuple(rows), axis=0).reshape(shape)
-        return Q(v, a.scale * b.scale / 2, fixed)
+        if a.shape[:-2] != b.shape[:-2]:
+            raise NotImplementedError("concrete: a batched product needs operands of the same batch shape")
+        m, k, n = shape[-2], a.shape[-1], shape[-1]
+        heads = math.prod(shape[:-2])
+        av, bv = a.v.reshape(heads, m, k), b.v.reshape(heads, k, n)
+        used = np.isnan(a.fixed).reshape(heads, m, k)  # terms with a known-zero a are skipped
+        need = needed.reshape(heads, m, n)
+        return Q(matrix_product(av, bv, used, need).reshape(shape), a.scale * b.scale / 2, fixed)
 
     def _mul_private(self, a: Q, b: Q) -> Q:
-        """Elementwise product of two private values: Concrete's multiplication (2 PBS per entry)
-        on the entries that neither operand fixes to zero."""
+        """Elementwise product of two private values (`elementwise_product`: 2 PBS per entry) on the
+        entries that neither operand fixes to zero."""
         a, b = self._narrow(a), self._narrow(b)
         shape = np.broadcast_shapes(a.shape, b.shape)
         fa, fb = np.broadcast_to(a.fixed, shape), np.broadcast_to(b.fixed, shape)
@@ -338,7 +297,7 @@ class QuantOps(Ops):
         if self.mode == "calibrate":
             return Q(np.where(zero, 0.0, a.v * b.v), 1.0, fixed)
         va, vb = a.v + np.zeros(shape, dtype=np.int64), b.v + np.zeros(shape, dtype=np.int64)
-        return Q(self._on_free(~zero, lambda x, y: x * y, va, vb), a.scale * b.scale, fixed)
+        return Q(on_free(~zero, elementwise_product, va, vb), a.scale * b.scale, fixed)
 
     def _mul_public(self, a: Q, b: np.ndarray) -> Q:
         """A public multiplier: a uniform one (besides zeros) folds into the scale; others are
@@ -360,12 +319,17 @@ class QuantOps(Ops):
         return Q(v, scale, fixed, a.narrow and uniform)
 
     def _affine(self, a, b, sign: int) -> Q:
-        """`a + sign * b` with `b` public, or private on the same grid."""
+        """`a + sign * b`: `b` public (a value with no input-dependent entry counts as public), or
+        private on the same grid as `a`, or aligned to it first (`_align`)."""
         a = self._value(a)
         if isinstance(b, (Q, Product)):
-            b = self._value(b)
-            if self.mode != "calibrate" and not math.isclose(a.scale, b.scale):
-                raise NotImplementedError("concrete: a sum of private values on different grids")
+            b = known_as_public(self._value(b))
+            if isinstance(b, Q) and not a.free().any():  # a known a: -(b - a) or b + a
+                return (
+                    self._negated(self._affine(b, torch.as_tensor(a.fixed), -1)) if sign < 0 else self._affine(b, a, 1)
+                )
+        if isinstance(b, Q):
+            a, b = self._align(a, b)
             fixed = a.fixed + sign * b.fixed
             free = np.isnan(fixed)  # a known entry meeting a free one joins the integers
             const = np.where(free, np.nan_to_num(a.fixed) + sign * np.nan_to_num(b.fixed), 0.0)
@@ -374,6 +338,18 @@ class QuantOps(Ops):
         const = np.where(a.free(), sign * b, 0.0)
         return Q(a.v + self._ints(const, a.scale), a.scale, a.fixed + sign * b)
 
+    def _align(self, a: Q, b: Q) -> tuple[Q, Q]:
+        """`a` and `b` on one grid, for a sum: a narrow operand (an input or a lookup's output) is
+        mapped onto the other's grid by a lookup, one PBS per entry, keeping the finer resolution;
+        with both or neither narrow, `b` goes onto `a`'s. The choice is structural (the same in
+        every mode: calibration does not know the scales yet, so even equal grids pay the lookup)."""
+        if a.narrow and not b.narrow:
+            return self.lookup(a, identity, grid=b.scale), b
+        return a, self.lookup(b, identity, grid=a.scale)
+
+    def _negated(self, q: Q) -> Q:
+        return Q(-q.v, q.scale, -q.fixed, q.narrow)
+
     # helpers ------------------------------------------------------------------------------------
 
     def _value(self, x) -> Q:
@@ -381,7 +357,7 @@ class QuantOps(Ops):
 
     def _narrow(self, x: Q) -> Q:
         """`x` on the `n_bits` grid: an identity lookup (re-quantization) unless it is already there."""
-        return x if x.narrow else self.lookup(x, lambda a: a)
+        return x if x.narrow else self.lookup(x, identity)
 
     def _ints(self, values: np.ndarray, scale: float):
         """Public values on a value's grid: integers, or the floats themselves when calibrating."""
@@ -400,6 +376,15 @@ class QuantOps(Ops):
             self.ranges.append([0.0, 0.0, -np.inf])
         r = self.ranges[i]
         r[0], r[1], r[2] = max(r[0], float(in_max)), max(r[1], float(out_max)), max(r[2], top)
+
+
+def known_as_public(value):
+    """A `Q` with no input-dependent entry (a weight) as the public tensor of its values."""
+    return torch.as_tensor(value.fixed) if isinstance(value, Q) and not value.free().any() else value
+
+
+def identity(t):
+    return t
 
 
 def a_shape(a) -> tuple:

@@ -47,6 +47,19 @@ from workloads.ops import Ops
 
 T = TypeVar("T")
 ALL = None  # in Capabilities.workloads: every variant of that workload
+_activity_sink: Callable[[str], None] = lambda text: None  # noqa: E731
+
+
+def report_activity(text: str) -> None:
+    """Say what a long step is doing now ("compiling qk_matmul (13-bit values)"), so that a cell
+    stopped by the harness's timeout says where it was."""
+    _activity_sink(text)
+
+
+def set_activity_sink(sink: Callable[[str], None]) -> None:
+    """Where `report_activity` goes (the harness's worker installs one)."""
+    global _activity_sink
+    _activity_sink = sink
 
 
 @dataclass

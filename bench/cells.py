@@ -105,7 +105,7 @@ def valid(cls: type[workloads.Workload], cfg: Any) -> bool:
 def expand(backend: Any, workload: Any, harness: HarnessConfig) -> list[Cell]:
     """The cells of one job, validated; `backend` / `workload` are typed configs, possibly `all`."""
     if backend.name == "all":
-        backend_cfgs = [backends.get(n).Config() for n in backends.installed()]
+        backend_cfgs = [backends.get(n).Config(**backend.quick.get(n, {})) for n in backends.installed()]
     else:
         backend_cfgs = [backend]
     for cfg in backend_cfgs:

@@ -18,9 +18,17 @@ from workloads.base import ConfigError, WorkloadConfig
 
 @dataclass
 class AllBackendsConfig(BackendConfig):
-    """`backend=all`: every installed backend with its default config."""
+    """`backend=all`: every installed backend, with its default config updated by `quick[name]`.
+
+    The quick sweep compiles every TFHE cell with exact rounding and mono parameters: seconds per
+    cell, where concrete's defaults (no rounding, multi parameters: the fewest PBS) take minutes
+    per block. Override as `backend.quick.concrete.rounding=none`.
+    """
 
     name: str = "all"
+    quick: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"concrete": {"rounding": "exact", "parameter_strategy": "mono"}}
+    )
 
 
 @dataclass

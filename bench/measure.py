@@ -17,6 +17,7 @@ from bench.timing import OpTimer, median_iqr
 from workloads.base import Capture, Workload
 
 NAN = float("nan")
+NOT_SUMMED = ("latency_s", "latency_iqr_s")  # static per-op timings: see `tidy_rows`
 
 
 @dataclass
@@ -109,7 +110,11 @@ def measure(backend: Backend, workload: Workload, harness: HarnessConfig) -> lis
 
 def tidy_rows(cell: CellMeasurement, backend: Backend, tolerance: float) -> list[dict]:
     """Op rows take the backend's cell-level metrics, then their own counters; `total` sums the
-    counters over ops, then lets the cell-level metrics (which a backend knows better) win."""
+    counters over ops, then lets the cell-level metrics (which a backend knows better) win.
+
+    A `latency_s` among an op's static counters replaces its measured time (a modelled estimate, or
+    an op timed as its own circuit): it is not summed, and the total's latency swaps it in only for
+    ops that the online run timed."""
     first = cell.runs[0]
     recorded = [op for op in first.seconds if op not in ("protect", "reveal")]
     extra = [op for op in recorded if op not in cell.op_names]
@@ -120,7 +125,8 @@ def tidy_rows(cell: CellMeasurement, backend: Backend, tolerance: float) -> list
     for op in ops:
         counters = {**first.counters.get(op, {}), **static.get(op, {})}
         for key, value in counters.items():
-            totals[key] = totals.get(key, 0) + value
+            if key not in NOT_SUMMED and not isinstance(value, bool):
+                totals[key] = totals.get(key, 0) + value
         samples = [r.seconds[op] for r in cell.runs if op in r.seconds]
         med, iqr = median_iqr(samples)
         abs_err, rel_err = cell.op_errors.get(op, (NAN, NAN))
@@ -135,7 +141,10 @@ def tidy_rows(cell: CellMeasurement, backend: Backend, tolerance: float) -> list
                 **error_columns(abs_err, rel_err, tolerance),
             }
         )
-    med, iqr = median_iqr([r.total_s for r in cell.runs])
+    replaced = {op: c["latency_s"] for op, c in static.items() if "latency_s" in c}
+    med, iqr = median_iqr(
+        [r.total_s + sum(v - r.seconds[op] for op, v in replaced.items() if op in r.seconds) for r in cell.runs]
+    )
     worst = max(cell.runs, key=lambda r: r.abs_error)
     rows.append(
         {

@@ -13,13 +13,16 @@ import signal
 from multiprocessing.connection import Connection
 from typing import Any
 
+from backends.base import set_activity_sink
 from bench.cells import Cell, failure_rows, run_cell
 
 STARTUP_TIMEOUT_S = 300.0
+ACTIVITY_BYTES = 240
 
 
-def _serve(conn: Connection) -> None:
+def _serve(conn: Connection, activity) -> None:
     os.setsid()  # own process group: killable as a whole, and Ctrl-C reaches only the parent
+    set_activity_sink(lambda text: setattr(activity, "value", text.encode()[: ACTIVITY_BYTES - 1]))
     conn.send("ready")
     while True:
         try:
@@ -28,6 +31,7 @@ def _serve(conn: Connection) -> None:
             return
         if cell is None:
             return
+        activity.value = b""
         conn.send(run_cell(cell))
 
 
@@ -37,6 +41,7 @@ class Worker:
     def __init__(self) -> None:
         self.proc: mp.process.BaseProcess | None = None
         self.conn: Connection | None = None
+        self.activity = None
 
     def _start(self) -> None:
         if mp.get_start_method(allow_none=True) not in (None, "fork", "spawn", "forkserver"):
@@ -45,7 +50,8 @@ class Worker:
             mp.set_start_method("spawn", force=True)
         ctx = mp.get_context("spawn")  # a clean interpreter: no state inherited from the sweep
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child,), name="encbench-worker")
+        self.activity = ctx.Array("c", ACTIVITY_BYTES, lock=False)  # the cell's last `report_activity`
+        self.proc = ctx.Process(target=_serve, args=(child, self.activity), name="encbench-worker")
         self.proc.start()
         child.close()
         if not self.conn.poll(STARTUP_TIMEOUT_S) or self.conn.recv() != "ready":
@@ -59,9 +65,11 @@ class Worker:
         try:
             ready = self.conn.poll(timeout_s)
             if not ready:
+                doing = self.activity.value.decode(errors="replace")
                 self.kill()
+                where = f" while {doing}" if doing else ""
                 return failure_rows(
-                    "timeout", f"cell exceeded harness.timeout_s={timeout_s:g}; raise it or shrink the cell"
+                    "timeout", f"cell exceeded harness.timeout_s={timeout_s:g}{where}; raise it or shrink the cell"
                 )
             return self.conn.recv()
         except (EOFError, ConnectionError):

@@ -12,6 +12,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from backends.base import report_activity
 from backends.plaintext import PlaintextBackend, PlaintextConfig
 
 
@@ -44,6 +45,7 @@ class FaultyBackend(PlaintextBackend):
             raise RuntimeError(f"injected fault in {self.cfg.fault_op}")
         if self.cfg.fault == "crash":
             os.kill(os.getpid(), signal.SIGSEGV)
+        report_activity(f"hanging on purpose in {self.cfg.fault_op}")  # the timeout message names it
         child = subprocess.Popen(["sleep", "600"])  # stands for an MPC party the backend started
         if self.cfg.pid_file:
             with open(self.cfg.pid_file, "w") as f:

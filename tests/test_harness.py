@@ -136,7 +136,7 @@ def test_raising_crashing_and_hanging_cells_are_recorded_and_the_sweep_goes_on(t
     assert list(totals.status) == ["ok", "error", "ok", "error", "timeout", "ok"]
     assert "RuntimeError: injected fault in rsqrt" in totals.error[1]
     assert "crashed the worker process (exit code -11)" in totals.error[3]
-    assert "harness.timeout_s=8" in totals.error[4]
+    assert "harness.timeout_s=8 while hanging on purpose in rsqrt" in totals.error[4]
     assert tally["ok"] == 3 and tally["error"] == 2 and tally["timeout"] == 1
     child = int(pid_file.read_text())  # the hanging backend's own child process was killed too
     deadline = time.time() + 5
