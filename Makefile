@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: setup bench test test-slow benchmark baseline lint clean
+.PHONY: setup bench test test-slow benchmark baseline lint clean clean-cache
 
 setup: $(STAMP)
 
@@ -41,3 +41,7 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache .benchmarks
+
+# compiled TFHE circuits, keys (GBs) and the cost model's calibration, outside the repository
+clean-cache:
+	rm -rf $${ENCBENCH_CACHE:-$$HOME/.cache/encbench}

@@ -4,13 +4,14 @@ A circuit's run time is its PBS and key switches, each priced by its parameter s
 GLWE size, polynomial size, decomposition levels). The parameter sets are the optimizer's choice for
 the whole circuit (its noise budget), so a micro-benchmark cannot reproduce them one by one; but
 Concrete's optimizer prices every operation of every parameter set it chooses, and sums them as the
-circuit's `complexity`. The model is that price converted to seconds: micro-benchmarks execute a
-lookup circuit at three bit-widths (so three parameter sets), and the seconds one complexity unit
-takes on this machine is the median of their run time / complexity (each the best of three runs
-after a warm-up: a fresh program's first run pays one-off costs). An estimate is a circuit's
-complexity times that figure; `min` / `max` of the three ratios bound what the spread across
-parameter sets does to it. The figure is measured once per machine and Concrete version, on an idle
-machine (delete the cache file to measure again), and cached outside the repository.
+circuit's `complexity`. The model converts that price to seconds on this machine:
+run time = `seconds_per_unit` x complexity + `overhead_s`, fitted by least squares to lookup
+circuits executed at 3, 4 and 5 bits (three parameter sets) with 64 and 512 lookups each (the two
+sizes separate the per-run overhead from the per-unit cost; each point is the best of three runs
+after a warm-up, since a fresh program's first run pays one-off costs). `spread` is the largest
+relative residual of the fit: how far parameter sets stray from one price per unit. Measured once
+per machine and Concrete version, on an idle machine (delete the cache file to measure again), and
+cached outside the repository.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 from time import perf_counter
 
 import numpy as np
@@ -28,24 +28,27 @@ from backends._tfhe_circuit import CACHE_ROOT
 from backends.base import report_activity
 
 WIDTHS = (3, 4, 5)  # bits of the benchmark lookups (wider ones take minutes of keygen)
-LOOKUPS = 64  # lookups per benchmark circuit: enough to keep both cores busy
+SIZES = (64, 512)  # lookups per benchmark circuit; both keep the two cores busy
+MODEL = "v2"  # in the cache key: a change of the model's form measures again
 CACHE = CACHE_ROOT / "tfhe-cost.json"
 
 
 def machine_key() -> str:
     fhe = concrete_fhe()
 
-    return f"concrete-{fhe.__version__}/{platform.machine()}/{os.cpu_count()}cpu"
+    return f"concrete-{fhe.__version__}/{platform.machine()}/{os.cpu_count()}cpu/{MODEL}"
 
 
 def seconds_per_unit() -> dict[str, float]:
-    """The calibration (`seconds_per_unit`, and the spread of the three benchmarks), measured once."""
+    """The fitted model (`seconds_per_unit`, `overhead_s`, `spread`), measured once per machine."""
     found = json.loads(CACHE.read_text()) if CACHE.exists() else {}
     key = machine_key()
     if key not in found:
         report_activity("measuring the TFHE cost model (once per machine)")
-        ratios = [benchmark(width) for width in WIDTHS]
-        found[key] = {"seconds_per_unit": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+        points = np.array([benchmark(width, size) for width in WIDTHS for size in SIZES])  # (complexity, s)
+        slope, overhead = np.polyfit(points[:, 0], points[:, 1], 1)
+        residual = np.abs(slope * points[:, 0] + overhead - points[:, 1]) / points[:, 1]
+        found[key] = {"seconds_per_unit": float(slope), "overhead_s": float(overhead), "spread": float(residual.max())}
         CACHE.parent.mkdir(parents=True, exist_ok=True)
         CACHE.write_text(json.dumps(found, indent=1))
     return found[key]
@@ -53,11 +56,12 @@ def seconds_per_unit() -> dict[str, float]:
 
 def estimate(complexity: float) -> float:
     """Seconds a circuit of Concrete `complexity` takes to run on this machine."""
-    return complexity * seconds_per_unit()["seconds_per_unit"]
+    model = seconds_per_unit()
+    return complexity * model["seconds_per_unit"] + model["overhead_s"]
 
 
-def benchmark(width: int, runs: int = 3) -> float:
-    """Seconds per complexity unit of a `LOOKUPS`-entry lookup at `width` bits (best of `runs`)."""
+def benchmark(width: int, size: int, runs: int = 3) -> tuple[float, float]:
+    """(complexity, best seconds of `runs`) of a `size`-entry lookup at `width` bits."""
     fhe = concrete_fhe()
 
     top = 2**width
@@ -65,13 +69,12 @@ def benchmark(width: int, runs: int = 3) -> float:
     def circuit(x):
         return fhe.univariate(lambda a: (a * a + 3) % top)(x)
 
-    inputset = [np.arange(LOOKUPS) % top, (np.arange(LOOKUPS) * 7 + 1) % top]
+    inputset = [np.arange(size) % top, (np.arange(size) * 7 + 1) % top]
     compiled = fhe.Compiler(circuit, {"x": "encrypted"}).compile(inputset)
     compiled.keygen()
     sample = compiled.encrypt(inputset[1])
     compiled.run(sample)  # warm-up
-    best = min(timed(lambda: compiled.run(sample)) for _ in range(runs))
-    return best / compiled.complexity
+    return compiled.complexity, min(timed(lambda: compiled.run(sample)) for _ in range(runs))
 
 
 def timed(fn) -> float:

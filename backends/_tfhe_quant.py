@@ -70,6 +70,7 @@ class QuantSettings:
     n_bits: int  # activations and weights
     rounding: str  # none | exact | approximate (Concrete's round_bit_pattern exactness)
     rounding_bits: int  # bits kept of a wide accumulator before a lookup
+    fuse_requant: bool = True  # a lookup reads a wide accumulator itself; False: re-quantized first (+1 PBS)
 
 
 class QuantOps(Ops):
@@ -224,8 +225,11 @@ class QuantOps(Ops):
         grid (unsigned outputs use the sign bit too) over the calibrated output range, or on the
         given `grid` (a scale: the output is then as wide as that grid needs). For an `f` that blows
         up at 0 (`singular`), the range leaves out inputs below the accumulator's rounding step,
-        which the table clips to its largest value."""
+        which the table clips to its largest value. Unless `fuse_requant`, a wide accumulator is
+        first re-quantized to `n_bits` by a lookup of its own, as in the public demo."""
         x = self._value(x)
+        if not self.s.fuse_requant and f is not identity:
+            x = self._narrow(x)
         i = self._next()
         known = ~x.free()
         fixed = np.where(known, f(np.where(known, x.fixed, 0.0)), np.nan)

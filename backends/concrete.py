@@ -52,6 +52,7 @@ class ConcreteConfig(BackendConfig):
     mode: str = "simulate"  # compile | simulate | execute
     rounding: str = "none"  # drop low bits before lookups: none | exact | approximate (see the README)
     rounding_bits: int | None = None  # bits kept of an accumulator before a lookup; None: n_bits + 2
+    fuse_requant: bool = True  # lookups read accumulators directly; false: re-quantize them first (+1 PBS each)
     calibration_samples: int = 4
     parameter_strategy: str = "multi"  # Concrete's parameter selection: multi | mono
     p_error: float | None = None  # None: Concrete's default
@@ -100,8 +101,8 @@ class ConcreteBackend(Backend):
             )
         if cfg.calibration_samples < 1:
             raise ConfigError(f"backend.calibration_samples={cfg.calibration_samples} must be >= 1")
-        if cfg.scheme == "demo" and cfg.rounding != "none":
-            raise ConfigError("backend.rounding applies to scheme=fused; the demo's head rounds nothing")
+        if cfg.scheme == "demo" and (cfg.rounding != "none" or not cfg.fuse_requant):
+            raise ConfigError("backend.rounding and backend.fuse_requant apply to scheme=fused, not to the demo's head")
 
     @classmethod
     def unavailable(cls):
@@ -113,7 +114,7 @@ class ConcreteBackend(Backend):
 
     def __init__(self, cfg: ConcreteConfig):
         self.cfg = cfg
-        self.settings = QuantSettings(cfg.n_bits, cfg.rounding, cfg.rounding_bits or cfg.n_bits + 2)
+        self.settings = QuantSettings(cfg.n_bits, cfg.rounding, cfg.rounding_bits or cfg.n_bits + 2, cfg.fuse_requant)
         self.info: dict[str, Any] = {}
         self.per_tag: dict[str, dict[str, float]] = {}
         self.qclear_error = 0.0
@@ -158,18 +159,18 @@ class ConcreteBackend(Backend):
 
     def _isolated_ops(self) -> dict[str, dict[str, Any]]:
         """Each op compiled as its own circuit: its latency executed (execute mode: a warm-up, then
-        the median of `ISOLATED_RUNS`) or from the cost model (its own complexity)."""
+        the median of `ISOLATED_RUNS`) or the cost model's (`est_fhe_s`, from its own complexity)."""
         found = {}
         for op in self.scheme.op_names():
             program, _ = self._compiled(self.scheme.isolate(op), op)
+            estimate = _tfhe_cost.estimate(program.server.complexity)
+            found[op] = {"latency_s": estimate, "est_fhe_s": estimate, "estimated": True}
             if self.cfg.mode == "execute":
                 self._refuse_oversized_keys(program)
                 program.keygen()
                 report_activity(f"running {op} as its own circuit")
                 seconds = program.time_runs(self.workload.inputs(), ISOLATED_RUNS)
-                found[op] = {"latency_s": float(np.median(seconds)), "estimated": False}
-            else:
-                found[op] = {"latency_s": _tfhe_cost.estimate(program.server.complexity), "estimated": True}
+                found[op].update(latency_s=float(np.median(seconds)), estimated=False)
             found[op].update(isolated=True, latency_iqr_s=float("nan"))
         return found
 
@@ -258,7 +259,7 @@ class ConcreteBackend(Backend):
             "qclear_abs_error": self.qclear_error,
             "topk_agreement": self.topk,
             "est_fhe_s": self.estimate(),
-            "cost_s_per_unit": _tfhe_cost.seconds_per_unit()["seconds_per_unit"],
+            "cost_model": _tfhe_cost.seconds_per_unit(),  # seconds per complexity unit, overhead, spread
         }
         return {**self.info, **extra}
 

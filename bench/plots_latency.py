@@ -55,9 +55,13 @@ def totals(frame: pd.DataFrame) -> pd.DataFrame:
 
 def breakdown(frame: pd.DataFrame) -> Figure | None:
     """Where the online time goes: each op's share of a cell's online latency (protect + ops + reveal),
-    one bar per backend x variant at one size point per workload, the total written in the bar's label."""
+    one bar per backend x variant at one size point per workload, the total written in the bar's label.
+    In a cell whose ops were timed as circuits of their own, the bar shows those ops, not the fused run
+    they stand for (which would count the same work twice)."""
     ops = ok_rows(frame)
     ops = ops[(ops["op"] != "total") & (ops["latency_s"] > 0)]
+    has_isolated = ops.groupby(["run_id", "cell_id"])["isolated"].transform("any")
+    ops = ops[~has_isolated | ops["isolated"] | ops["op"].isin(["protect", "reveal"])]
     panels = [representative(ops[ops["workload"] == w]) for w in ops["workload"].unique()]
     if not panels:
         return None

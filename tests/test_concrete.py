@@ -104,6 +104,18 @@ def test_pbs_per_op_follow_the_counting_formula(cache):
     assert rows["total"]["security_bits"] == 128 and rows["total"]["key_bytes"] > 0 and rows["total"]["ct_bytes"] > 0
 
 
+def test_unfused_requantization_costs_one_lookup_per_accumulator_entry(cache):
+    """fuse_requant=false re-quantizes each accumulator before the lookup that reads it: in the
+    softmax, the shifted scores before exp, one per causal score. (The row sums' re-quantization
+    before 1/x costs nothing: Concrete fuses two lookups itself when nothing sits between them.)"""
+    seq = 4
+    fused, unfused = (run(head(seq), mode="compile", parameter_strategy="mono", fuse_requant=f, isolated_ops=False)
+                      for f in (True, False))  # fmt: skip
+    pairs = seq * (seq + 1) // 2
+    assert unfused["softmax"]["pbs"] - fused["softmax"]["pbs"] == pairs
+    assert unfused["qk_matmul"]["pbs"] == fused["qk_matmul"]["pbs"]  # its lookups read narrow values already
+
+
 def test_the_demo_port_costs_what_the_demo_computes(cache):
     """The public demo's head: requantization twice after the projection, Concrete's products (2 PBS
     per term) over every score, and a softmax of 7 lookups per score; ours costs under half."""
@@ -186,6 +198,11 @@ def test_keys_too_large_for_the_machine_are_refused_before_keygen(cache):
 def test_bad_configs_are_refused_with_the_key_named(key, value):
     with pytest.raises(ConfigError, match=f"backend.{key}"):
         ConcreteBackend.validate(ConcreteConfig(**{key: value}))
+
+
+def test_settings_of_our_scheme_are_refused_for_the_demo_port():
+    with pytest.raises(ConfigError, match="backend.rounding and backend.fuse_requant apply to scheme=fused"):
+        ConcreteBackend.validate(ConcreteConfig(scheme="demo", rounding="exact"))
 
 
 def test_the_demo_port_runs_only_the_demo_cell():
