@@ -15,14 +15,17 @@ One forward over `QuantOps` runs in three modes:
 Where the PBS go (one programmable bootstrap per lookup per entry):
 - weights are clear integers (`n_bits`, symmetric per tensor): `linear` is a clear matmul, no PBS,
   and leaves a wide accumulator;
-- a lookup (exp, reciprocal, relu, requantization) on a wide accumulator first drops its low bits
-  (`round_bit_pattern` with an `AutoRounder` keeping `rounding_bits`, adjusted by Concrete from the
-  inputset), then maps straight to the output grid: re-quantization is fused into the table;
-- private x private `matmul`: sum_k a_k b_k = (sum_k (a_k + b_k)^2 - sum_k a_k^2 - sum_k b_k^2) / 2,
-  one lookup per product term plus one per operand entry (each square is reused by every row or
-  column it meets), against two per term for Concrete's own multiplication. Output entries that a
-  following `mul` by a public mask zeroes are never computed, and terms whose operand is a known
-  zero are skipped: a causal head pays for the lower triangle only.
+- a lookup (exp, reciprocal, relu, requantization) reads a wide accumulator itself and maps it
+  straight to its output grid: re-quantization is fused into the table (unless `fuse_requant` is
+  off); with `rounding`, `round_bit_pattern` first drops the accumulator's low bits (an
+  `AutoRounder` keeping `rounding_bits`, adjusted by Concrete from the inputset);
+- private x private `matmul` by squares of sums (`_tfhe_blocks.matrix_product`): one lookup per
+  product term plus one per operand entry, against two per term for Concrete's own
+  multiplication. Output entries that a following `mul` by a public mask zeroes are never
+  computed, and terms whose operand is a known zero are skipped: a causal head pays for the lower
+  triangle only. Elementwise private products cost two lookups per entry;
+- a sum of private values on different grids first maps one onto the other's grid (one lookup per
+  entry, `_align`).
 """
 
 from __future__ import annotations

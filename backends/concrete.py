@@ -3,21 +3,24 @@
 Threat model: the client encrypts its quantized input and decrypts the output; the server holds the
 quantized weights in the clear and runs the circuit; one round trip.
 
-Quantization (`_tfhe_quant`): weights and activations on `n_bits` grids, ranges calibrated in float
-on `calibration_samples` seeded inputs (other seeds than the measured one). The same forward run on
-int64 arrays is the quantized-clear model: per-op errors against float64 come from it (the fused
-circuit reveals only its output), and the circuit's output is compared against both it
+Schemes (`scheme`): `fused` (`_tfhe_fused`) runs any workload's forward on integers, with the PBS
+savings described in `_tfhe_quant`; `demo` (`_tfhe_demo`) is the public GPT-2 demo's head, ported,
+the baseline. Either way weights and activations sit on `n_bits` grids calibrated in float on
+`calibration_samples` seeded inputs (other seeds than the measured one); the same integers in numpy
+are the quantized-clear model: per-op errors against float64 come from it (the fused circuit
+reveals only its output), and the circuit's output is compared against both it
 (`qclear_abs_error`) and float64 (`max_abs_error`).
 
 Modes (`mode`): `compile` runs no FHE: counts, bit-widths and key sizes from compilation, the online
-run is the quantized-clear model; `simulate` runs Concrete's simulation (approximate rounding and
-p_error as in FHE, no keys); `execute` makes keys, encrypts, runs and decrypts.
+run is the quantized-clear model; `simulate` runs Concrete's simulation (rounding and p_error as in
+FHE, no keys); `execute` makes keys, encrypts, runs and decrypts. Circuits and keys come from the
+on-disk cache (`_tfhe_circuit`); latencies not executed come from the cost model (`_tfhe_cost`).
 
-Per op: `pbs` and `ks` from the compiler's per-tag statistics (each op runs inside `fhe.tag`); the
-fused circuit is timed as one op, `circuit`. Cell level: `max_bit_width`, `p_error`,
-`global_p_error`, `complexity`, `key_bytes` (bootstrap + key-switch keys), `ct_bytes` (input +
-output ciphertexts, also `comm_bytes`), `security_bits` (Concrete's configured security level),
-`compile_s`, `keygen_s`.
+Per op: `pbs` and `ks` from the compiler's per-tag statistics (each op runs inside `fhe.tag`), and,
+with `isolated_ops`, a latency from the op compiled as its own circuit; the fused circuit is timed as
+one op, `circuit`. Cell level: `max_bit_width`, `p_error`, `global_p_error`, `complexity`,
+`key_bytes` (bootstrap + key-switch keys), `ct_bytes` (input + output ciphertexts, also
+`comm_bytes`), `security_bits` (Concrete's configured security level), `compile_s`, `keygen_s`.
 """
 
 from __future__ import annotations
