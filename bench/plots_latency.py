@@ -80,6 +80,7 @@ def breakdown_panel(ax: Axes, rows: pd.DataFrame, total_s: pd.Series) -> None:
     latency = latency.reindex(index=cells, columns=ops).fillna(0.0)
     share = latency.div(latency.sum(axis=1), axis=0) * 100
     first = rows.drop_duplicates("cell_id").set_index("cell_id").loc[cells]
+    first[["estimated", "isolated"]] = rows.groupby("cell_id")[["estimated", "isolated"]].any().loc[cells]
     colours = op_colours(len(ops))  # segments are ops; the backend colour is on the tick labels
     hatch = ["//" if e else "" for e in first["estimated"]]
     left = np.zeros(len(cells))
