@@ -78,12 +78,18 @@ class Program:
     def simulated(self) -> bool:
         return self.server.is_simulated
 
+    @property
+    def key_bytes(self) -> int:
+        """Bootstrap + key-switch keys, as Concrete sizes them in memory."""
+        return self.server.size_of_bootstrap_keys + self.server.size_of_keyswitch_keys
+
     def keygen(self) -> dict[str, Any]:
         """Load the entry's keys, or make and save them; what making them cost, and whether they were cached."""
         record = self.directory / "keygen.json"
         hit = record.exists()
-        size = (self.server.size_of_bootstrap_keys + self.server.size_of_keyswitch_keys) / 1e9
-        report_activity(f"{'loading' if hit else 'generating'} {size:.1f} GB of TFHE keys ({self.directory.name})")
+        report_activity(
+            f"{'loading' if hit else 'generating'} {self.key_bytes / 1e9:.1f} GB of TFHE keys ({self.directory.name})"
+        )
         start = perf_counter()
         self.client.keys.load_if_exists_generate_and_save_otherwise(self.directory / "keys")
         spent = perf_counter() - start
@@ -224,7 +230,7 @@ def check_widths(graph, limit: int) -> None:
         if width > limit:
             raise ConfigError(
                 f"concrete: op {op} needs a {width}-bit lookup, over the {limit} bits Concrete supports; "
-                "set backend.rounding=approximate or lower backend.rounding_bits / backend.n_bits"
+                "set backend.rounding=exact or lower backend.rounding_bits / backend.n_bits"
             )
 
 

@@ -16,6 +16,7 @@ cached outside the repository.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -39,8 +40,10 @@ def machine_key() -> str:
     return f"concrete-{fhe.__version__}/{platform.machine()}/{os.cpu_count()}cpu/{MODEL}"
 
 
+@functools.cache
 def seconds_per_unit() -> dict[str, float]:
-    """The fitted model (`seconds_per_unit`, `overhead_s`, `spread`), measured once per machine."""
+    """The fitted model (`seconds_per_unit`, `overhead_s`, `spread`), measured once per machine
+    (read once per process)."""
     found = json.loads(CACHE.read_text()) if CACHE.exists() else {}
     key = machine_key()
     if key not in found:

@@ -21,7 +21,7 @@ import torch
 
 from backends._tfhe_blocks import concrete_fhe
 from backends._tfhe_circuit import circuit_function, inputset_entry
-from backends._tfhe_quant import Q, QuantOps, QuantSettings
+from backends._tfhe_quant import Q, QuantOps, QuantSettings, dequantize
 from workloads.base import Capture, Workload, run_op
 
 
@@ -192,7 +192,3 @@ def rebuild(value, replacements: dict[int, Any], counter=None):
 
 def values(out):
     return tuple(q.v for q in out) if isinstance(out, tuple) else out.v
-
-
-def dequantize(q: Q, ints) -> torch.Tensor:
-    return torch.as_tensor(np.where(q.free(), np.asarray(ints, dtype=np.float64) * q.scale, q.fixed))

@@ -121,7 +121,7 @@ class QuantOps(Ops):
         if isinstance(q, tuple):
             return tuple(self.dequantize(v) for v in q)
         q = self._value(q)
-        return torch.as_tensor(np.where(q.free(), np.asarray(q.v, dtype=np.float64) * q.scale, q.fixed))
+        return dequantize(q, q.v)
 
     # the op set ---------------------------------------------------------------------------------
 
@@ -383,6 +383,12 @@ class QuantOps(Ops):
             self.ranges.append([0.0, 0.0, -np.inf])
         r = self.ranges[i]
         r[0], r[1], r[2] = max(r[0], float(in_max)), max(r[1], float(out_max)), max(r[2], top)
+
+
+def dequantize(q: Q, ints) -> torch.Tensor:
+    """`ints` (the integers of `q`, or a circuit's output standing for them) on `q`'s scale, with
+    `q`'s known entries."""
+    return torch.as_tensor(np.where(q.free(), np.asarray(ints, dtype=np.float64) * q.scale, q.fixed))
 
 
 def known_as_public(value):

@@ -206,7 +206,7 @@ class ConcreteBackend(Backend):
             p_error=server.p_error,
             global_p_error=server.global_p_error,
             complexity=server.complexity,
-            key_bytes=server.size_of_bootstrap_keys + server.size_of_keyswitch_keys,
+            key_bytes=self.program.key_bytes,
             ct_bytes=ct,
             comm_bytes=ct,
             security_bits=int(self._configuration().security_level.value),
@@ -214,7 +214,7 @@ class ConcreteBackend(Backend):
         )
 
     def _refuse_oversized_keys(self, program):
-        need = (program.server.size_of_bootstrap_keys + program.server.size_of_keyswitch_keys) / 1e9
+        need = program.key_bytes / 1e9
         if need > self.cfg.max_key_gb:
             raise ConfigError(
                 f"concrete: this circuit's keys take {need:.1f} GB, over backend.max_key_gb={self.cfg.max_key_gb:g}; "
