@@ -16,7 +16,7 @@ class ReportCallback(Callback):
     def _report(self, config: DictConfig) -> None:
         if not config.get("report", True):
             return
-        from bench.report import build  # matplotlib only when a report is made
+        from bench.report.page import build  # matplotlib only when a report is made
 
         run_dir = Path(config.results_dir) / config.run_id
         try:

@@ -3,7 +3,7 @@ baseline (`make baseline` refreshes it after an intended change)."""
 
 from conftest import REPO
 
-from bench import compare
+from bench.report import compare
 
 BASELINE = REPO / "results" / "baseline"
 

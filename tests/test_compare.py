@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.compare import Thresholds, compare, main
+from bench.report.compare import Thresholds, compare, main
 from bench.results import load
 
 RUN_ID = "20261122-073709"

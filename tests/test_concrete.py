@@ -17,11 +17,11 @@ from workloads.base import ConfigError
 
 pytest.importorskip("concrete.fhe")
 
-from backends import _tfhe_circuit  # noqa: E402
-from backends._tfhe_blocks import concrete_fhe, elementwise_product  # noqa: E402
-from backends._tfhe_fused import FusedScheme  # noqa: E402
-from backends._tfhe_quant import QuantOps, QuantSettings  # noqa: E402
 from backends.concrete import ConcreteBackend, ConcreteConfig, calibration_inputs  # noqa: E402
+from backends.concrete import circuit as tfhe_circuit  # noqa: E402
+from backends.concrete.blocks import concrete_fhe, elementwise_product  # noqa: E402
+from backends.concrete.fused import FusedScheme  # noqa: E402
+from backends.concrete.quant import QuantOps, QuantSettings  # noqa: E402
 
 QUICK = HarnessConfig(warmup=0, repeats=1)
 
@@ -36,7 +36,7 @@ class TestConcrete(BackendConformance):
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     """A fresh circuit cache, so a test sees its own compilations."""
-    monkeypatch.setattr(_tfhe_circuit, "CACHE", tmp_path / "concrete")
+    monkeypatch.setattr(tfhe_circuit, "CACHE", tmp_path / "concrete")
     return tmp_path / "concrete"
 
 
@@ -150,7 +150,7 @@ def test_a_cached_cell_is_not_recompiled(cache, monkeypatch):
     def no_compiling(*args, **kwargs):
         raise AssertionError("compiled again")
 
-    monkeypatch.setattr(_tfhe_circuit, "compile_entry", no_compiling)
+    monkeypatch.setattr(tfhe_circuit, "compile_entry", no_compiling)
     second = ConcreteBackend(ConcreteConfig(**cfg))
     second.setup(wl, wl.weights())  # a new backend, as in another process: only the disk cache is shared
     assert not first.metrics()["cache_hit"] and second.metrics()["cache_hit"]

@@ -24,8 +24,7 @@ import torch
 from test_backend_conformance import BackendConformance
 
 import backends
-from backends import _crypten_parties as parties
-from backends.crypten import CryptenBackend, CryptenConfig
+from backends.crypten import CryptenBackend, CryptenConfig, parties
 from bench.cells import Cell
 from bench.measure import HarnessConfig
 from workloads.base import ConfigError
@@ -64,7 +63,7 @@ class TestCrypten(BackendConformance):
 def test_crypten_does_not_import_on_this_torch_without_the_shim_and_does_with_it():
     plain = subprocess.run([sys.executable, "-c", "import crypten"], capture_output=True, text=True, timeout=120)
     assert plain.returncode != 0 and "torch.onnx._internal.registration" in plain.stderr
-    shim = "from backends._crypten_compat import import_crypten; c = import_crypten(); print(c.__version__)"
+    shim = "from backends.crypten.compat import import_crypten; c = import_crypten(); print(c.__version__)"
     fixed = subprocess.run([sys.executable, "-c", shim], capture_output=True, text=True, timeout=120)
     assert fixed.returncode == 0, fixed.stderr
     assert fixed.stdout.strip() == "0.4.1"

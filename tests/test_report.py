@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import report
-from bench.plots import KINDS
+from bench.report.page import build, main
+from bench.report.plots import KINDS
 from bench.results import load
 
 RUN_ID = "20261122-073709"
@@ -68,7 +68,7 @@ def copy_run(tmp: Path, with_handmade: bool = True) -> Path:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
-    return report.build(RUN, tmp_path_factory.mktemp("reports"))
+    return build(RUN, tmp_path_factory.mktemp("reports"))
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_golden_run_has_data_for_every_plot_kind(page):
 
 def test_kinds_without_data_are_left_out(tmp_path):
     """Plaintext only: no counters, no other backend, zero errors -> breakdown, scaling, setup only."""
-    out = report.build(copy_run(tmp_path, with_handmade=False), tmp_path / "reports")
+    out = build(copy_run(tmp_path, with_handmade=False), tmp_path / "reports")
     page = Page((out / "index.html").read_text(encoding="utf-8"))
     assert [src.split("-", 2)[2].removesuffix(".png") for src in page.images] == ["breakdown", "scaling", "setup"]
     for title in ("Overhead against plaintext", "Communication", "PBS and depth per op", "Accuracy"):
@@ -119,7 +119,7 @@ def test_rebuild_removes_stale_figures(tmp_path):
     stale = tmp_path / "reports" / RUN_ID / "fig-4-communication.png"  # as if an earlier build had drawn it
     stale.parent.mkdir(parents=True)
     stale.write_bytes(PNG)
-    out = report.build(run, tmp_path / "reports")
+    out = build(run, tmp_path / "reports")
     assert not stale.exists() and len(list(out.glob("*.png"))) == 3
 
 
@@ -178,8 +178,8 @@ def test_results_dir_with_several_runs_uses_the_named_or_latest_run(tmp_path):
     text = "".join(json.dumps({**r, "run_id": later.name, "finished_at": "2026-11-23T00:00:01+00:00"}) + "\n"
                    for r in rows)  # fmt: skip
     (later / "rows.jsonl").write_text(text)
-    assert report.build(tmp_path / "results", tmp_path / "r").name == later.name
-    assert report.build(tmp_path / "results" / RUN_ID, tmp_path / "r").name == RUN_ID
+    assert build(tmp_path / "results", tmp_path / "r").name == later.name
+    assert build(tmp_path / "results" / RUN_ID, tmp_path / "r").name == RUN_ID
 
 
 def test_a_run_where_every_cell_failed_still_reports(tmp_path):
@@ -187,7 +187,7 @@ def test_a_run_where_every_cell_failed_still_reports(tmp_path):
     failed = [r for r in rows if r.get("status") not in (None, "ok")]
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in failed))
-    out = report.build(tmp_path / "run", tmp_path / "r")
+    out = build(tmp_path / "run", tmp_path / "r")
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "No plot has data in this run." in md and not list(out.glob("*.png"))
     assert "timeout" in md and "No manifest.json was found" in md
@@ -201,7 +201,7 @@ def test_main_prints_both_paths_and_never_reruns_cells(tmp_path, capsys, monkeyp
 
     monkeypatch.setattr(bench.cells, "run_cell", forbidden)
     job = RUN / "0"  # a single job directory of the run is a valid PATH too
-    assert report.main([str(job), "--out", str(tmp_path)]) == 0
+    assert main([str(job), "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out.split()
     assert printed == [str(tmp_path / RUN_ID / "index.html"), str(tmp_path / RUN_ID / "report.md")]
     assert "BasicLauncher" in (tmp_path / RUN_ID / "report.md").read_text(encoding="utf-8")  # its manifest
@@ -209,7 +209,7 @@ def test_main_prints_both_paths_and_never_reruns_cells(tmp_path, capsys, monkeyp
 
 @pytest.mark.parametrize("make", [lambda p: p / "missing", lambda p: p])  # no such path; a dir without rows
 def test_main_exits_2_on_unusable_path(tmp_path, capsys, make):
-    assert report.main([str(make(tmp_path)), "--out", str(tmp_path / "r")]) == 2
+    assert main([str(make(tmp_path)), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("encbench-report: error:") and "\n" not in err
 
@@ -236,7 +236,7 @@ def test_every_plot_loads_in_a_headless_browser(built):
 
 @pytest.fixture(scope="module")
 def frame():
-    from bench.plots_data import read_run
+    from bench.report.frame import read_run
 
     return read_run(RUN)[0]
 
@@ -248,8 +248,8 @@ def visible_axes(fig):
 def test_scaling_has_a_panel_per_swept_size_with_fitted_slopes_and_backend_colours(frame):
     from matplotlib import pyplot as plt
 
-    from bench.plots_latency import scaling
-    from bench.plots_style import BACKEND_COLOURS
+    from bench.report.plots_latency import scaling
+    from bench.report.style import BACKEND_COLOURS
 
     fig = scaling(frame)
     try:
@@ -271,7 +271,7 @@ def test_scaling_has_a_panel_per_swept_size_with_fitted_slopes_and_backend_colou
 def test_accuracy_plot_shows_cliffs_at_every_size(frame):
     from matplotlib import pyplot as plt
 
-    from bench.plots_counters import accuracy
+    from bench.report.plots_counters import accuracy
 
     fig = accuracy(frame)
     try:

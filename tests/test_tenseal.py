@@ -18,12 +18,11 @@ from workloads.base import ConfigError
 
 pytest.importorskip("tenseal")
 
-from backends import _ckks_approx as approx  # noqa: E402
-from backends import _ckks_params as cp  # noqa: E402
-from backends._ckks_engine import CkksError, DryEngine, SealEngine, translate  # noqa: E402
-from backends._ckks_ops import CkksOps
-from backends._ckks_tensor import Packer, Weight  # noqa: E402
-from backends.tenseal import TensealConfig  # noqa: E402
+from backends.tenseal import TensealConfig, approx  # noqa: E402
+from backends.tenseal import params as cp  # noqa: E402
+from backends.tenseal.engine import CkksError, DryEngine, SealEngine, translate  # noqa: E402
+from backends.tenseal.ops import CkksOps  # noqa: E402
+from backends.tenseal.tensor import Packer, Weight  # noqa: E402
 
 QUICK = HarnessConfig(warmup=0, repeats=1)
 GEN = torch.Generator().manual_seed(5)

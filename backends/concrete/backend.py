@@ -3,8 +3,8 @@
 Threat model: the client encrypts its quantized input and decrypts the output; the server holds the
 quantized weights in the clear and runs the circuit; one round trip.
 
-Schemes (`scheme`): `fused` (`_tfhe_fused`) runs any workload's forward on integers, with the PBS
-savings described in `_tfhe_quant`; `demo` (`_tfhe_demo`) is the public GPT-2 demo's head, ported,
+Schemes (`scheme`): `fused` (`fused`) runs any workload's forward on integers, with the PBS
+savings described in `quant`; `demo` (`demo`) is the public GPT-2 demo's head, ported,
 the baseline. Either way weights and activations sit on `n_bits` grids calibrated in float on
 `calibration_samples` seeded inputs (other seeds than the measured one); the same integers in numpy
 are the quantized-clear model: per-op errors against float64 come from it (the fused circuit
@@ -14,7 +14,7 @@ reveals only its output), and the circuit's output is compared against both it
 Modes (`mode`): `compile` runs no FHE: counts, bit-widths and key sizes from compilation, the online
 run is the quantized-clear model; `simulate` runs Concrete's simulation (rounding and p_error as in
 FHE, no keys); `execute` makes keys, encrypts, runs and decrypts. Circuits and keys come from the
-on-disk cache (`_tfhe_circuit`); latencies not executed come from the cost model (`_tfhe_cost`).
+on-disk cache (`circuit`); latencies not executed come from the cost model (`cost`).
 
 Per op: `pbs` and `ks` from the compiler's per-tag statistics (each op runs inside `fhe.tag`), and,
 with `isolated_ops`, a latency from the op compiled as its own circuit; the fused circuit is timed as
@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from backends import _tfhe_circuit, _tfhe_cost
-from backends._tfhe_blocks import concrete_fhe
-from backends._tfhe_demo import DemoScheme
-from backends._tfhe_fused import FusedScheme
-from backends._tfhe_quant import QuantSettings
 from backends.base import ALL, Backend, BackendConfig, Capabilities, report_activity
+from backends.concrete import circuit, cost
+from backends.concrete.blocks import concrete_fhe
+from backends.concrete.demo import DemoScheme
+from backends.concrete.fused import FusedScheme
+from backends.concrete.quant import QuantSettings
 from workloads.base import ConfigError, Workload
 
 SCHEMES = ("fused", "demo")
@@ -153,10 +153,10 @@ class ConcreteBackend(Backend):
         """The (cached) program of `scheme`, or of one of its ops; and whether it was cached."""
         execute = self.cfg.mode == "execute"
         shaping = {k: v for k, v in vars(self.cfg).items() if k not in ("mode", "max_key_gb", "isolated_ops")}
-        key = _tfhe_circuit.cache_key(shaping, execute, self.workload.describe(), op)
+        key = circuit.cache_key(shaping, execute, self.workload.describe(), op)
         samples = calibration_inputs(self.workload, self.cfg.calibration_samples)
         label = f"{self.workload.name} op {op}" if op else f"the {self.workload.name} circuit"
-        return _tfhe_circuit.load_or_compile(
+        return circuit.load_or_compile(
             key, scheme, samples, self.workload.inputs(), self._configuration(), self.cfg.max_tlu_bits, label
         )
 
@@ -166,7 +166,7 @@ class ConcreteBackend(Backend):
         found = {}
         for op in self.scheme.op_names():
             program, _ = self._compiled(self.scheme.isolate(op), op)
-            estimate = _tfhe_cost.estimate(program.server.complexity)
+            estimate = cost.estimate(program.server.complexity)
             found[op] = {"latency_s": estimate, "est_fhe_s": estimate, "estimated": True}
             if self.cfg.mode == "execute":
                 self._refuse_oversized_keys(program)
@@ -254,15 +254,15 @@ class ConcreteBackend(Backend):
         return {**per_op, "circuit": modelled}
 
     def estimate(self) -> float:
-        """The cost model's run time for the fused circuit (`_tfhe_cost`)."""
-        return _tfhe_cost.estimate(self.info["complexity"])
+        """The cost model's run time for the fused circuit (`cost`)."""
+        return cost.estimate(self.info["complexity"])
 
     def metrics(self):
         extra = {
             "qclear_abs_error": self.qclear_error,
             "topk_agreement": self.topk,
             "est_fhe_s": self.estimate(),
-            "cost_model": _tfhe_cost.seconds_per_unit(),  # seconds per complexity unit, overhead, spread
+            "cost_model": cost.seconds_per_unit(),  # seconds per complexity unit, overhead, spread
         }
         return {**self.info, **extra}
 

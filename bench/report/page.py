@@ -19,9 +19,9 @@ from typing import Any
 import pandas as pd
 
 from bench.manifest import MANIFEST_FILE
-from bench.plots import Plot, draw_all
-from bench.plots_data import ResultsError, read_run
-from bench.plots_tables import (
+from bench.report.frame import ResultsError, read_run
+from bench.report.plots import Plot, draw_all
+from bench.report.tables import (
     MARKERS_NOTE,
     Table,
     cliff_table,

@@ -57,7 +57,7 @@ def _party_main(rank: int, key: PoolKey, port: int, conn: Connection) -> None:
         RENDEZVOUS=f"tcp://{key.addr}:{port}",
         DISTRIBUTED_BACKEND="gloo",
     )
-    from backends._crypten_compat import import_crypten
+    from backends.crypten.compat import import_crypten
 
     try:
         crypten = import_crypten()

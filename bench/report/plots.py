@@ -2,7 +2,7 @@
 
 A kind with no data in the run returns no figure and is left out of the report rather than drawn
 empty, so the number of images equals the number of kinds this run has data for. The kinds live in
-`plots_latency` and `plots_counters`; shared look and data helpers in `plots_style` / `plots_data`.
+`plots_latency` and `plots_counters`; shared look and data helpers in `style` / `frame`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import pandas as pd  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from bench import plots_counters as counters  # noqa: E402
-from bench import plots_latency as latency  # noqa: E402
-from bench.plots_style import STYLE  # noqa: E402
+from bench.report import plots_counters as counters  # noqa: E402
+from bench.report import plots_latency as latency  # noqa: E402
+from bench.report.style import STYLE  # noqa: E402
 
 PREFIX = "fig-"  # every file the report draws starts with this; a rebuild removes stale ones
 

@@ -26,10 +26,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-import backends
 import workloads
-from backends._tfhe_blocks import concrete_fhe
 from backends.base import report_activity
+from backends.concrete.blocks import concrete_fhe
 from workloads.base import ConfigError
 
 CACHE_ROOT = Path(os.environ.get("ENCBENCH_CACHE", "~/.cache/encbench")).expanduser()
@@ -37,7 +36,7 @@ CACHE = CACHE_ROOT / "concrete"
 
 
 class Scheme(Protocol):
-    """How a workload becomes integers: what `_tfhe_fused.FusedScheme` and `_tfhe_demo.DemoScheme` do."""
+    """How a workload becomes integers: what `fused.FusedScheme` and `demo.DemoScheme` do."""
 
     inputs: tuple[str, ...]  # names of the encrypted inputs, in the circuit's argument order
 
@@ -130,9 +129,7 @@ class Program:
 def cache_key(*shapers: Any) -> str:
     """A hash of `shapers` (configs, as plain data), Concrete's version and the source of every
     module that builds circuits (the workloads and the TFHE modules)."""
-    sources = sorted(
-        [*Path(workloads.__file__).parent.glob("*.py"), *Path(backends.__file__).parent.glob("_tfhe_*.py")]
-    )
+    sources = sorted([*Path(workloads.__file__).parent.glob("*.py"), *Path(__file__).parent.glob("*.py")])
     digest = hashlib.sha256(repr((shapers, concrete_fhe().__version__)).encode())
     for path in sources:
         digest.update(path.read_bytes())

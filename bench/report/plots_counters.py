@@ -1,6 +1,6 @@
 """Counter and accuracy plot kinds: communication (MPC), PBS and depth per op (TFHE, CKKS), error.
 
-Each function takes the tidy frame (`bench.plots_data.tidy`) and returns a figure, or None when the run
+Each function takes the tidy frame (`bench.report.frame.tidy`) and returns a figure, or None when the run
 has nothing to show for that kind.
 """
 
@@ -12,8 +12,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from bench.plots_data import fmt_seconds, op_order, representative, size_point, sort_cells, tags
-from bench.plots_style import (
+from bench.report.frame import fmt_seconds, op_order, representative, size_point, sort_cells, tags
+from bench.report.style import (
     CLIFF,
     MARKERS,
     cell_ticks,

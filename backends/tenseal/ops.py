@@ -1,13 +1,13 @@
 """`Ops` on packed CKKS values: dispatch on operand kinds (ciphertext `Mat`, lazy `Transposed`,
-server `Weight`, public float / tensor) to the packed products of `_ckks_tensor` and the polynomial
-stand-ins of `_ckks_approx`, tracking which slots outside a matrix's footprint may hold junk."""
+server `Weight`, public float / tensor) to the packed products of `tensor` and the polynomial
+stand-ins of `approx`, tracking which slots outside a matrix's footprint may hold junk."""
 
 from __future__ import annotations
 
 import torch
 
-from backends import _ckks_approx as approx
-from backends._ckks_tensor import Mat, Packer, Transposed, Weight
+from backends.tenseal import approx
+from backends.tenseal.tensor import Mat, Packer, Transposed, Weight
 from workloads.ops import Ops
 
 

@@ -1,6 +1,6 @@
 """Latency plot kinds: per-op breakdown, scaling with size, overhead against plaintext, setup against online.
 
-Each function takes the tidy frame (`bench.plots_data.tidy`) and returns a figure, or None when the run
+Each function takes the tidy frame (`bench.report.frame.tidy`) and returns a figure, or None when the run
 has nothing to show for that kind.
 """
 
@@ -13,7 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from bench.plots_data import (
+from bench.report.frame import (
     MATCH,
     PLAINTEXT,
     SETUP_PARTS,
@@ -27,7 +27,7 @@ from bench.plots_data import (
     size_point,
     sort_cells,
 )
-from bench.plots_style import (
+from bench.report.style import (
     HATCHES,
     MARKERS,
     cell_ticks,

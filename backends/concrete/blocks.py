@@ -1,6 +1,6 @@
 """Circuit building blocks on raw integers: the same code runs on int64 arrays and Concrete tracers.
 
-`_tfhe_quant` keeps the bookkeeping (scales, known entries); these functions only see integers and
+`quant` keeps the bookkeeping (scales, known entries); these functions only see integers and
 say what each costs in programmable bootstraps (PBS).
 """
 

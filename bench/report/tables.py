@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.plots_data import (
+from bench.report.frame import (
     COUNTERS,
     backend_rank,
     fmt_bytes,

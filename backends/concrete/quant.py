@@ -19,7 +19,7 @@ Where the PBS go (one programmable bootstrap per lookup per entry):
   straight to its output grid: re-quantization is fused into the table (unless `fuse_requant` is
   off); with `rounding`, `round_bit_pattern` first drops the accumulator's low bits (an
   `AutoRounder` keeping `rounding_bits`, adjusted by Concrete from the inputset);
-- private x private `matmul` by squares of sums (`_tfhe_blocks.matrix_product`): one lookup per
+- private x private `matmul` by squares of sums (`blocks.matrix_product`): one lookup per
   product term plus one per operand entry, against two per term for Concrete's own
   multiplication. Output entries that a following `mul` by a public mask zeroes are never
   computed, and terms whose operand is a known zero are skipped: a causal head pays for the lower
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from backends._tfhe_blocks import concrete_fhe, elementwise_product, matrix_product, on_free, row_maxima
+from backends.concrete.blocks import concrete_fhe, elementwise_product, matrix_product, on_free, row_maxima
 from workloads.ops import Ops
 
 MODES = ("calibrate", "clear", "trace")

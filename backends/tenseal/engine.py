@@ -1,6 +1,6 @@
 """Slot-vector CKKS engines: SEAL (through TenSEAL's `sealapi`) and a dry numpy twin.
 
-Why not `ts.CKKSVector`: it has no rotation, and the packed products (see `_ckks_tensor`) need
+Why not `ts.CKKSVector`: it has no rotation, and the packed products (see `tensor`) need
 explicit rotations by chosen steps, with Galois keys for exactly those steps. Both engines share
 the level bookkeeping here, so the dry run (numpy, no keys) finds the depth, the rotation steps
 and the refreshes that the real run will have, before any key is made.
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from backends._ckks_params import Params
+from backends.tenseal.params import Params
 
 
 @dataclass

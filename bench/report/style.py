@@ -18,7 +18,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from bench.plots_data import backend_rank, fmt_bytes, fmt_count, fmt_seconds, op_order  # noqa: E402
+from bench.report.frame import backend_rank, fmt_bytes, fmt_count, fmt_seconds, op_order  # noqa: E402
 
 STYLE = {  # applied around all drawing by bench.plots.draw_all
     "font.size": 10, "axes.titlesize": 11, "axes.titleweight": "bold", "axes.labelsize": 10, "legend.fontsize": 8.5,

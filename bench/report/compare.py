@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from bench.plots_data import (
+from bench.report.frame import (
     COUNTERS,
     EXTRA_COUNTERS,
     KEY,
@@ -35,7 +35,7 @@ from bench.plots_data import (
     read_run,
     sort_cells,
 )
-from bench.plots_data import tidy as tidy_frame
+from bench.report.frame import tidy as tidy_frame
 
 DEFAULT_RATIO = 1.5
 DEFAULT_MIN_S = 1e-3

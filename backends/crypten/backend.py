@@ -5,7 +5,7 @@ both secret-shared (weights a workload declares public in `public_weights()` sta
 and cost no communication). Multiplication triples come from CrypTen's trusted first party (TFP)
 or a trusted third party process (TTP), `backend.triples`.
 
-Execution: `execute` sends the harness's job to every party process (`_crypten_parties`), which
+Execution: `execute` sends the harness's job to every party process (`parties`), which
 runs it on its own `CryptenBackend`; the cell's rows are party 0's. `sync` is a barrier.
 One party per host: run the same sweep on every host, each with its own rank, e.g. for 2 parties
 with party 0 on 10.0.0.1 (the rendezvous; the TTP, if any, runs beside party 0):
@@ -25,17 +25,16 @@ Counters (cumulative, read outside the timed interval through an unlogged all_ga
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 import workloads
-from backends import _crypten_parties as parties
 from backends.base import ALL, Backend, BackendConfig, Capabilities
+from backends.crypten import parties
+from backends.crypten.ops import CryptenOps
 from workloads.base import ConfigError
-from workloads.ops import Ops, TorchOps, reshape_merge_heads, reshape_split_heads
 
 TRIPLES = ("TFP", "TTP")
 GELU_METHODS = ("tanh", "erf")
@@ -111,7 +110,7 @@ class CryptenBackend(Backend):
         return pool.run(functools.partial(_party_job, cls, cfg, start_s, job), cfg.party_timeout_s)
 
     def __init__(self, cfg: CryptenConfig):
-        from backends._crypten_compat import import_crypten
+        from backends.crypten.compat import import_crypten
 
         self.cfg, self.crypten = cfg, import_crypten()
         settings = {
@@ -194,7 +193,7 @@ class CryptenBackend(Backend):
 @functools.cache
 def _import_problem() -> str | None:
     """Why crypten does not import here (tried once per process, ~1.5 s), or None."""
-    from backends._crypten_compat import import_crypten
+    from backends.crypten.compat import import_crypten
 
     try:
         import_crypten()
@@ -211,108 +210,6 @@ def _party_job(cls: type[CryptenBackend], cfg: CryptenConfig, start_s: float, jo
         return job(backend)
     finally:
         backend.close()
-
-
-class CryptenOps(Ops):
-    """Ops on MPCTensors (private), torch tensors (public weights, masks) and floats.
-
-    Private x private products go through Beaver triples; each one checks that CrypTen counted
-    communication for it, so a switched-off counter fails loudly instead of reporting zero.
-    """
-
-    def __init__(self, crypten: Any, cfg: CryptenConfig, comm: Any):
-        self.crypten, self.cfg, self.comm = crypten, cfg, comm
-        self.plain = TorchOps(torch.float64)
-
-    def private(self, v: Any) -> bool:
-        return isinstance(v, self.crypten.CrypTensor)
-
-    def _counted(self, fn):
-        before = self.comm.comm_rounds
-        out = fn()
-        if self.comm.get_world_size() > 1 and self.comm.comm_rounds == before:
-            raise RuntimeError(
-                "CrypTen counted no communication for a private x private product; "
-                "crypten.cfg.communicator.verbose must be True in every party"
-            )
-        return out
-
-    def linear(self, x, w, b=None):
-        y = self.matmul(x, w)
-        return y if b is None else self.add(y, b)
-
-    def matmul(self, a, b):
-        if self.private(a) and self.private(b):
-            return self._counted(lambda: a.matmul(b))
-        if self.private(a):
-            return a.matmul(b)
-        if self.private(b):  # public @ private = (private^T @ public^T)^T
-            return b.transpose(-2, -1).matmul(a.transpose(-2, -1)).transpose(-2, -1)
-        return self.plain.matmul(a, b)
-
-    def transpose(self, a):
-        return a.transpose(-2, -1)
-
-    def add(self, a, b):
-        if self.private(a):
-            return a.add(b)
-        return b.add(a) if self.private(b) else self.plain.add(a, b)
-
-    def sub(self, a, b):
-        if self.private(a):
-            return a.sub(b)
-        return b.neg().add(a) if self.private(b) else self.plain.sub(a, b)
-
-    def mul(self, a, b):
-        if self.private(a) and self.private(b):
-            return self._counted(lambda: a.mul(b))
-        if self.private(a):
-            return a.mul(b)
-        return b.mul(a) if self.private(b) else self.plain.mul(a, b)
-
-    def square(self, x):
-        return self._counted(x.square) if self.private(x) else self.plain.square(x)
-
-    def sum(self, x, dim=-1):
-        return x.sum() if dim is None else x.sum(dim, keepdim=True)
-
-    def exp(self, x):
-        return x.exp()
-
-    def reciprocal(self, x):
-        """CrypTen's Newton reciprocal is accurate only on about [0.05, 20] at 16 bits: its initial
-        guess 3 exp(1 - 2x) leaves exp's valid range for x > 2^(exp_iterations-1), and the
-        fixed-point error of each step is about x^2 2^-precision_bits relative. The softmax
-        variants' row sums reach hundreds, so the input is scaled by the public 1/B first."""
-        scale = self.cfg.reciprocal_scale
-        with self.crypten.cfg.temp_override({"functions.reciprocal_all_pos": True}):  # the op's domain: x > 0
-            return x.div(scale).reciprocal().div(scale)
-
-    def rsqrt(self, x):
-        return x.inv_sqrt()
-
-    def relu(self, x):
-        return x.relu()
-
-    def gelu(self, x):
-        if self.cfg.gelu == "erf":
-            return x.mul(0.5).mul(x.div(math.sqrt(2)).erf().add(1))
-        inner = x.mul(x.square().mul(0.044715).add(1)).mul(math.sqrt(2 / math.pi))
-        return x.mul(0.5).mul(inner.tanh().add(1))
-
-    def softmax(self, x):
-        return x.softmax(-1)
-
-    def poly(self, x, coeffs):
-        if len(coeffs) == 1:
-            return self.mul(self.add(self.mul(x, 0.0), 1.0), float(coeffs[0]))
-        return x.polynomial(torch.tensor(coeffs[1:], dtype=torch.float64)).add(float(coeffs[0]))
-
-    def split_heads(self, x, n_heads):
-        return reshape_split_heads(x, n_heads)
-
-    def merge_heads(self, x):
-        return reshape_merge_heads(x)
 
 
 BACKEND = CryptenBackend

@@ -1,7 +1,7 @@
 """`tenseal`: CKKS (SEAL through TenSEAL): the client encrypts, the server computes with its
 plaintext weights on ciphertexts, the client decrypts.
 
-Packing (details and rotation counts in `_ckks_tensor`): one ciphertext per matrix, rows in slot
+Packing (details and rotation counts in `tensor`): one ciphertext per matrix, rows in slot
 blocks and heads in column windows. `linear` is a baby-step giant-step diagonal product (rotations
 ~2 sqrt(d_in), whatever seq and d_out), `qk_matmul` / `av_matmul` are seq shifted ciphertext x
 ciphertext products with scores in a diagonal layout, row sums are rotate-and-add.
@@ -12,11 +12,11 @@ the rotation steps; N is the smallest ring holding the slots with that many 128-
 ciphertexts through the client when the chain runs out (counted in `refreshes`, their bytes in
 `comm_bytes_*`, their round trips in `rounds`). Galois keys are made for exactly the steps used.
 Explicit `poly_modulus_degree` + `coeff_mod_bit_sizes` override the choice; either way, parameters
-under 128 bits (HE standard table, `_ckks_params`) are refused unless `allow_insecure=true`, and
+under 128 bits (HE standard table, `params`) are refused unless `allow_insecure=true`, and
 rows then carry `insecure=true`.
 
 Sizes (`key_bytes`, `ct_bytes`, `comm_bytes`) are SEAL's uncompressed payload sizes from the
-parameters (deterministic; formulas in `_ckks_params`), not the zstd output, whose size varies.
+parameters (deterministic; formulas in `params`), not the zstd output, whose size varies.
 
 Accuracy: CKKS noise at scale 2^40 is ~1e-6..1e-5 on these outputs (16-19 bits below their largest
 value, reported as `precision_bits`); the approximations dominate where they are used (LayerNorm's
@@ -36,12 +36,12 @@ from typing import Any
 
 import torch
 
-from backends import _ckks_approx as approx
-from backends import _ckks_params as cp
-from backends._ckks_engine import DryEngine, Engine, translate
-from backends._ckks_ops import CkksOps
-from backends._ckks_tensor import Mat, Packer, Weight, pow2
 from backends.base import ALL, Backend, BackendConfig, Capabilities
+from backends.tenseal import approx
+from backends.tenseal import params as cp
+from backends.tenseal.engine import DryEngine, Engine, translate
+from backends.tenseal.ops import CkksOps
+from backends.tenseal.tensor import Mat, Packer, Weight, pow2
 from workloads.base import ConfigError, Workload, run_op
 
 SOFTMAX = ("exact", "power", "gaussian", "quad2")
@@ -197,7 +197,7 @@ class TensealBackend(Backend):
         return params
 
     def setup(self, workload, weights):
-        from backends._ckks_engine import SealEngine
+        from backends.tenseal.engine import SealEngine
 
         rows, block, slots = cell_shape(workload)
         probe = cp.Params(

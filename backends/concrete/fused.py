@@ -2,8 +2,8 @@
 
 Calibration runs the forward in float on the calibration inputs (the range of every lookup); the
 same forward on int64 arrays is the quantized-clear model, and on Concrete tracers the circuit, each
-op inside its `fhe.tag`. The savings against the public demo's head (`_tfhe_demo`) are in
-`_tfhe_quant`: re-quantization fused into the lookup that follows, products by squares of sums, and
+op inside its `fhe.tag`. The savings against the public demo's head (`demo`) are in
+`quant`: re-quantization fused into the lookup that follows, products by squares of sums, and
 no lookups or products spent on entries the causal mask fixes.
 
 `isolate(op)` makes one op its own circuit, for per-op latency (a fused circuit's ops cannot be
@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from backends._tfhe_blocks import concrete_fhe
-from backends._tfhe_circuit import circuit_function, inputset_entry
-from backends._tfhe_quant import Q, QuantOps, QuantSettings, dequantize
+from backends.concrete.blocks import concrete_fhe
+from backends.concrete.circuit import circuit_function, inputset_entry
+from backends.concrete.quant import Q, QuantOps, QuantSettings, dequantize
 from workloads.base import Capture, Workload, run_op
 
 
 class FusedScheme:
-    """One workload on `QuantOps`; the interface `_tfhe_circuit.Scheme` documents."""
+    """One workload on `QuantOps`; the interface `circuit.Scheme` documents."""
 
     def __init__(self, settings: QuantSettings, workload: Workload, weights: dict[str, torch.Tensor]):
         self.settings, self.workload, self.weights = settings, workload, weights
@@ -131,7 +131,7 @@ class FusedScheme:
 
 class IsolatedOp:
     """One op of a `FusedScheme` as a circuit of its own (see the module docstring); the interface
-    `_tfhe_circuit.Scheme` documents, for compiling and running it."""
+    `circuit.Scheme` documents, for compiling and running it."""
 
     def __init__(self, parent: FusedScheme, op: str):
         self.parent, self.op = parent, op

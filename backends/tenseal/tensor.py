@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from backends._ckks_engine import Ct, Engine
+from backends.tenseal.engine import Ct, Engine
 
 
 def pow2(n: int) -> int:

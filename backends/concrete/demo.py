@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from backends._tfhe_blocks import concrete_fhe
+from backends.concrete.blocks import concrete_fhe
 from workloads.base import Capture, Workload, run_op
 
 
@@ -51,7 +51,7 @@ def dequant_scale(f: np.ndarray, i: np.ndarray) -> float:
 
 
 class DemoScheme:
-    """The demo's quantized head; the interface `_tfhe_circuit.Scheme` documents."""
+    """The demo's quantized head; the interface `circuit.Scheme` documents."""
 
     inputs = ("x",)
 
