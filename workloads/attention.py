@@ -86,7 +86,8 @@ def attention(ops: Ops, rec: Recorder, cfg: AttentionConfig, n_heads: int, x, w:
     head_dim = head_dim or cfg.d_model // cfg.n_heads
 
     def qkv():
-        return tuple(ops.split_heads(ops.linear(x, w[f"w{n}"], w[f"b{n}"]), n_heads) for n in "qkv")
+        projected = ops.project(x, [w[f"w{n}"] for n in "qkv"], [w[f"b{n}"] for n in "qkv"])
+        return tuple(ops.split_heads(p, n_heads) for p in projected)
 
     q, k, v = rec("qkv_proj", qkv)
     keep = torch.tril(torch.ones(cfg.seq_len, cfg.seq_len, dtype=torch.float64))

@@ -28,6 +28,11 @@ class Ops(ABC):
     def linear(self, x: Value, w: Value, b: Value | None = None) -> Value:
         """`x @ w + b` with `w` (in, out) and `b` (out,) usually weights."""
 
+    def project(self, x: Value, ws: Sequence[Value], bs: Sequence[Value | None]) -> tuple[Value, ...]:
+        """`linear(x, w, b)` for each pair (attention's q, k, v). One product of `x` with the
+        concatenated weights lets a backend open `x` once instead of once per map."""
+        return tuple(self.linear(x, w, b) for w, b in zip(ws, bs, strict=True))
+
     @abstractmethod
     def matmul(self, a: Value, b: Value) -> Value:
         """`a @ b`, batched over leading dims; typically private x private."""

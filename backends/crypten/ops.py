@@ -41,6 +41,15 @@ class CryptenOps(Ops):
         y = self.matmul(x, w)
         return y if b is None else self.add(y, b)
 
+    def project(self, x, ws, bs):
+        """Private weights: concatenating shares is local, so all maps cost one Beaver product
+        (x opened once); splitting and the bias adds are local too."""
+        if not (self.private(x) and all(self.private(w) for w in ws)):
+            return super().project(x, ws, bs)
+        y = self._counted(lambda: x.matmul(self.crypten.cat(list(ws), dim=-1)))
+        parts = y.split([w.shape[-1] for w in ws], dim=-1)
+        return tuple(p if b is None else self.add(p, b) for p, b in zip(parts, bs, strict=True))
+
     def matmul(self, a, b):
         if self.private(a) and self.private(b):
             return self._counted(lambda: a.matmul(b))
