@@ -14,7 +14,7 @@ from backends import get as get_backend
 from bench import manifest
 from bench.cells import expand
 from bench.config import networks, register, typed
-from bench.prepare import CONF_DIR, prepare, signature
+from bench.prepare import CONF_DIR, prepare
 from bench.sweep import run_cells
 from workloads.base import ConfigError
 
@@ -36,11 +36,10 @@ def run_job(cfg: DictConfig) -> None:
     backend, workload, harness = typed(cfg)
     cells = expand(backend, workload, harness)
     name, parallel = launcher_info()
-    overrides = list(hc.overrides.task)
     info = manifest.collect(
         run_id=cfg.run_id,
-        overrides=overrides,
-        signature=signature(overrides),
+        overrides=list(hc.overrides.task),
+        sweep=cfg.sweep,
         launcher=name,
         jobs_in_parallel=parallel,
         config=OmegaConf.to_container(cfg),

@@ -47,6 +47,7 @@ class EncbenchConfig:
     networks: dict[str, NetworkConfig] = field(default_factory=dict)  # filled from conf/network/
     results_dir: str = "results"
     run_id: str = MISSING  # set by the `encbench` entry point; names the run's directory
+    sweep: str = MISSING  # set by the entry point: a hash of the whole command's cells, how `resume` finds its run
     resume: bool = False
     report: bool = True
     reports_dir: str = "reports"  # the report of a run goes to <reports_dir>/<run_id>/

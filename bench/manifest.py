@@ -12,10 +12,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import backends
 from bench.results import SCHEMA_VERSION
 
 MANIFEST_FILE = "manifest.json"
-LIBRARIES = ("torch", "numpy", "pandas", "hydra-core", "tenseal", "concrete-python", "crypten")
+LIBRARIES = ("torch", "numpy", "pandas", "hydra-core")  # and each backend's `libraries`
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -39,7 +40,7 @@ def git(*args: str) -> str | None:
 
 def library_versions() -> dict[str, str | None]:
     versions = {}
-    for name in LIBRARIES:
+    for name in [*LIBRARIES, *(lib for b in backends.names() for lib in backends.get(b).libraries)]:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -51,7 +52,7 @@ def collect(
     *,
     run_id: str,
     overrides: list[str],
-    signature: list[str],
+    sweep: str,
     launcher: str,
     jobs_in_parallel: int,
     config: dict[str, Any],
@@ -66,7 +67,7 @@ def collect(
         "git_dirty": bool(status) if status is not None else None,
         "argv": sys.argv,
         "overrides": overrides,
-        "sweep_signature": signature,
+        "sweep": sweep,
         "launcher": launcher,
         "jobs_in_parallel": jobs_in_parallel,
         "cpu_model": cpu_model(),

@@ -7,7 +7,11 @@ the sweep before the first one runs, with one line naming the key and the allowe
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
+import tempfile
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -28,12 +32,7 @@ from workloads.base import ConfigError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 MULTIRUN_FLAGS = {"-m", "--multirun"}
-NOT_IN_SIGNATURE = {"run_id", "resume", "progress", "report", "reports_dir"}
-
-
-def signature(overrides: list[str]) -> list[str]:
-    """What identifies a sweep for `resume`: its overrides, minus run bookkeeping."""
-    return sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in NOT_IN_SIGNATURE)
+NETWORK_PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "network").glob("*.yaml"))
 
 
 def one_line(exc: Exception, keys: Callable[[str], list[str]] | None = None) -> str:
@@ -52,11 +51,20 @@ def one_line(exc: Exception, keys: Callable[[str], list[str]] | None = None) -> 
 
 
 def check_groups(overrides: list[str]) -> None:
+    """Hydra names neither the choices of a group nor, for `network`, that it is placed per name."""
     choices = {"backend": ["all", *backends.names()], "workload": ["all", *workloads.REGISTRY]}
+    choices["network"] = NETWORK_PRESETS
     for item in overrides:
-        group, _, value = item.partition("=")
+        key, _, value = item.partition("=")
+        group, at, _ = key.lstrip("+").partition("@")
+        if group == "network" and not at:
+            raise ConfigError(
+                f"{item}: networks are not picked with network=; rows get an estimate per entry of networks "
+                f"(lan, wan by default); add one with +network@networks.<name>=<preset> "
+                f"(presets: {', '.join(NETWORK_PRESETS)})"
+            )
         if group in choices and value not in choices[group]:
-            raise ConfigError(f"{group}={value} is unknown; choose one of: {', '.join(choices[group])}")
+            raise ConfigError(f"{key}={value} is unknown; choose one of: {', '.join(choices[group])}")
 
 
 def jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
@@ -73,17 +81,25 @@ def jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def validate(job_overrides: list[list[str]]) -> None:
+def validate(job_overrides: list[list[str]]) -> str:
+    """Compose and expand every job; returns the sweep's identity for `resume`: a hash of every
+    job's cells and networks. Unlike the command's text, it does not change with the order of
+    overrides or values, a default spelled out, the launcher or where the results go, and it
+    changes whenever what would be measured does."""
     register()
+    measured = []
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="encbench"):
         for job in job_overrides:
             check_groups(job)
             task = [o for o in job if not o.startswith("hydra")] + ["run_id=validate"]
             try:
                 cfg = compose(config_name="config", overrides=task)
-                expand(*typed(cfg))
+                cells = expand(*typed(cfg))
             except (HydraException, OmegaConfBaseException) as exc:
                 raise ConfigError(one_line(exc, lambda parent, task=task: keys_of(task, parent))) from None
+            nets = OmegaConf.to_container(cfg.networks)
+            measured += [json.dumps([cell.id, nets], sort_keys=True) for cell in cells]
+    return hashlib.sha1("\n".join(sorted(measured)).encode()).hexdigest()[:12]
 
 
 def keys_of(task: list[str], parent: str) -> list[str]:
@@ -93,34 +109,52 @@ def keys_of(task: list[str], parent: str) -> list[str]:
     return list((OmegaConf.select(node, parent) if parent else node).keys())
 
 
-def resume_target(results_dir: Path, sig: list[str]) -> str:
-    """The newest earlier run of the same sweep under `results_dir`."""
+def check_writable(results_dir: Path) -> None:
+    """Hydra would fail creating the run directory with a traceback; probing the nearest existing
+    ancestor leaves nothing behind."""
+    existing = next(p for p in (results_dir, *results_dir.parents) if os.path.exists(p))
+    try:
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as exc:
+        raise ConfigError(
+            f"results_dir={results_dir} cannot be written ({existing}: {exc.strerror}); "
+            "pass results_dir=<a writable directory>"
+        ) from None
+
+
+def resume_target(results_dir: Path, sweep: str) -> str:
+    """The earlier run of the same sweep under `results_dir` whose job started last (run ids given
+    by hand do not sort by time)."""
     found = [manifest.read(p.parent) for p in manifest.find_manifests(results_dir)]
-    runs = sorted({m["run_id"] for m in found if m.get("sweep_signature") == sig})
-    if not runs:
+    found = [m for m in found if m.get("sweep") == sweep]
+    if not found:
         raise ConfigError(
             f"resume=true: no earlier run of this sweep under {results_dir}/; drop resume or pass run_id=<id>"
         )
-    return runs[-1]
+    return max(found, key=lambda m: m["started_at"])["run_id"]
+
+
+def new_run_id(results_dir: Path) -> str:
+    run_id = stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(2, 1000):
+        if not (results_dir / run_id).exists():
+            break
+        run_id = f"{stamp}-{n}"
+    return run_id
 
 
 def prepare(argv: list[str]) -> list[str]:
-    """Validate the command line and return it with `run_id=` added (ConfigError if invalid)."""
+    """Validate the command line and return it with `sweep=` and `run_id=` added (ConfigError if invalid)."""
     flags = [a for a in argv if a.startswith("-")]
     if any(f not in MULTIRUN_FLAGS for f in flags):
         return argv  # --help, --cfg, --info, ...: hydra's own commands, nothing runs
     overrides = [a for a in argv if a not in MULTIRUN_FLAGS]
-    validate(jobs(overrides, multirun=bool(flags)))
+    sweep = validate(jobs(overrides, multirun=bool(flags)))
     given = dict(o.split("=", 1) for o in overrides if "=" in o)
-    if "run_id" in given:
-        return flags + overrides  # -m first: hydra's parser rejects it between overrides
     results_dir = Path(given.get("results_dir", "results"))
-    if given.get("resume", "false").lower() in ("true", "yes", "on", "1"):
-        run_id = resume_target(results_dir, signature(overrides))
-    else:
-        run_id = stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        for n in range(2, 1000):
-            if not (results_dir / run_id).exists():
-                break
-            run_id = f"{stamp}-{n}"
-    return [*flags, *overrides, f"run_id={run_id}"]
+    check_writable(results_dir)
+    added = [f"sweep={sweep}"]  # every job records it in its manifest, for `resume` to find the run
+    if "run_id" not in given:
+        resume = given.get("resume", "false").lower() in ("true", "yes", "on", "1")
+        added.append(f"run_id={resume_target(results_dir, sweep) if resume else new_run_id(results_dir)}")
+    return [*flags, *overrides, *added]  # -m first: hydra's parser rejects it between overrides

@@ -3,6 +3,8 @@
 The worker is started once and reused across cells (backends may keep parties or caches alive
 in it). It leads its own process group: on a timeout, a crash or Ctrl-C the whole group,
 including any processes a backend started, is killed, and the next cell gets a fresh worker.
+A watchdog kills the group too if the parent dies without cleaning up (SIGKILL, a cluster's
+time limit), so no process of a killed sweep survives it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import subprocess
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -35,6 +38,21 @@ def _serve(conn: Connection, activity) -> None:
         conn.send(run_cell(cell))
 
 
+def watchdog(pgid: int) -> subprocess.Popen:
+    """A process that kills group `pgid` as soon as this process is gone, however it died: it waits
+    for EOF on a pipe whose only write end is ours (not inheritable, so no other child holds it).
+    Being a separate program, it works even while the worker holds the GIL in C code. Its own
+    session keeps it out of the worker's group and away from signals sent to ours (Ctrl-C, hang-up)."""
+    return subprocess.Popen(
+        ["sh", "-c", f"read _; kill -9 -{pgid}"],  # not `kill -9 -- -pgid`: dash does not take `--`
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,  # nor holds our output pipes open
+        stderr=subprocess.DEVNULL,
+        close_fds=True,
+        start_new_session=True,
+    )
+
+
 class Worker:
     """A reusable child process that measures one cell at a time, with a per-cell timeout."""
 
@@ -42,6 +60,7 @@ class Worker:
         self.proc: mp.process.BaseProcess | None = None
         self.conn: Connection | None = None
         self.activity = None
+        self.watchdog: subprocess.Popen | None = None
 
     def _start(self) -> None:
         if mp.get_start_method(allow_none=True) not in (None, "fork", "spawn", "forkserver"):
@@ -57,9 +76,11 @@ class Worker:
         if not self.conn.poll(STARTUP_TIMEOUT_S) or self.conn.recv() != "ready":
             self.kill()
             raise RuntimeError("the measurement worker did not start")
+        self.watchdog = watchdog(self.proc.pid)  # "ready" comes after setsid: the group exists
 
     def run(self, cell: Cell, timeout_s: float) -> list[dict[str, Any]]:
         if self.proc is None or not self.proc.is_alive():
+            self.kill()  # a worker that died on its own may leave its group and watchdog behind
             self._start()
         self.conn.send(cell)
         try:
@@ -90,7 +111,11 @@ class Worker:
             self.proc.join()
         if self.conn is not None:
             self.conn.close()
-        self.proc = self.conn = None
+        if self.watchdog is not None:  # stopped, not set off: the group it names is gone (and its id reusable)
+            self.watchdog.kill()
+            self.watchdog.wait()
+            self.watchdog.stdin.close()
+        self.proc = self.conn = self.watchdog = None
 
     def close(self) -> None:
         """Stop an idle worker politely, then make sure its process group is gone."""

@@ -22,6 +22,7 @@ class FaultyConfig(PlaintextConfig):
     fault: str = "raise"  # raise | crash | hang
     fault_op: str = "softmax"
     pid_file: str = ""  # `hang` writes here the pid of a child it starts, to check it gets killed
+    fault_once: str = ""  # a marker file: fault only while it is absent (the fault creates it); a rerun gets past
 
 
 class FaultyBackend(PlaintextBackend):
@@ -41,6 +42,10 @@ class FaultyBackend(PlaintextBackend):
         return workload.forward(self.ops, faulty, x, w)
 
     def inject(self):
+        if self.cfg.fault_once:
+            if os.path.exists(self.cfg.fault_once):
+                return
+            open(self.cfg.fault_once, "w").close()
         if self.cfg.fault == "raise":
             raise RuntimeError(f"injected fault in {self.cfg.fault_op}")
         if self.cfg.fault == "crash":

@@ -1,19 +1,23 @@
-"""The `encbench` command line end to end: quick sweep, sweeps, bad input, resume, Ctrl-C."""
+"""The `encbench` command line end to end: quick sweep, sweeps, bad input, resume, Ctrl-C, SIGKILL."""
 
 import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from conftest import ENCBENCH, REPO, encbench
-from test_harness import pid_alive
+from test_harness import children_of, pid_alive
 
 import bench
 from backends import get, installed
 from bench.cells import expand
 from bench.config import AllWorkloadsConfig
 from bench.measure import HarnessConfig
+from bench.prepare import prepare
+from bench.results import read_rows
+from workloads.layernorm import LayerNorm, LayerNormConfig
 
 
 def manifests(results):
@@ -30,10 +34,10 @@ def test_default_quick_sweep_runs_every_workload_on_plaintext(quick_sweep):
     assert (plain.status == "ok").all() and (plain.max_abs_error < 1e-9).all()
     per_backend = len(expand(get("plaintext").Config(), AllWorkloadsConfig(), HarnessConfig()))
     assert (totals.groupby("backend").size() == per_backend).all()
-    assert set(totals.backend) == set(installed()) - {"faulty"}  # every installed backend, in the sweep
+    assert set(totals.backend) == set(installed(plugins=False))  # every installed backend, in the sweep
     assert frame.run_id.nunique() == 1
     (m,) = manifests(results)
-    assert m["schema_version"] == 1 and m["status"] == "finished" and m["cells"] == len(totals)
+    assert m["schema_version"] == bench.results.SCHEMA_VERSION and m["status"] == "finished" and m["cells"] == len(totals)
     assert m["cores"] >= 1 and m["cpu_model"] and m["python"].startswith("3.11")
     assert m["libraries"]["torch"].startswith("2.13.0") and m["jobs_in_parallel"] == 1
     assert set(m["threat_models"]) == set(totals.backend) and all(m["threat_models"].values())
@@ -79,8 +83,31 @@ def test_parallel_launcher_records_jobs_in_parallel(tmp_path):
     assert (bench.load(tmp_path).status == "ok").all()
 
 
+def test_submitit_launcher_writes_the_same_layout(tmp_path):
+    """The cluster path (the plugin of the SLURM preset), through submitit's local executor."""
+    done = encbench(
+        "-m",
+        "hydra/launcher=submitit_local",
+        "backend=plaintext",
+        "workload=layernorm",
+        "workload.seq_len=4,8",
+        "harness.warmup=0",
+        "harness.repeats=1",
+        results=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    (run,) = tmp_path.iterdir()
+    for name in ("rows.jsonl", "manifest.json"):
+        assert sorted(p.relative_to(run).as_posix() for p in run.glob(f"*/{name}")) == [f"0/{name}", f"1/{name}"]
+    assert [(m["run_id"], m["launcher"], m["status"]) for m in manifests(tmp_path)] == [
+        (run.name, "LocalLauncher", "finished")
+    ] * 2
+    totals = bench.load(tmp_path).query("op == 'total'")
+    assert sorted(totals.seq_len) == [4, 8] and (totals.status == "ok").all()
+
+
 BAD_INPUT = [
-    (["backend=foo"], "backend=foo is unknown; choose one of: all, concrete, crypten, faulty, plaintext, tenseal"),
+    (["backend=foo"], "backend=foo is unknown; choose one of: all, concrete, crypten, faulty, plaintext, tenseal, wid"),
     (["workload=mlp"], "workload=mlp is unknown; choose one of: all, attention_head, layernorm, block, lora_update"),
     (["workload=attention_head", "workload.n_heads=5"], "workload.d_model=64 is not divisible by workload.n_heads=5"),
     (["workload=block", "workload.gelu=tanh"], "workload.gelu=tanh is not a variant of block; allowed: exact, poly"),
@@ -91,6 +118,10 @@ BAD_INPUT = [
     (["workload.seq_len=8,16"], "workload.seq_len=8,16 is a sweep; add -m"),
     (["backend=plaintext", "backend.dtype=float16"], "backend.dtype=float16 is unknown; allowed: float64, float32"),
     (["resume=true"], "resume=true: no earlier run of this sweep under"),
+    (["workload=layernorm", "workload.tolerance=-1"], "workload.tolerance=-1.0 must be >= 0"),
+    (["results_dir=/proc/x"], "results_dir=/proc/x cannot be written (/proc: "),
+    (["network=mars"], "network=mars: networks are not picked with network=; rows get an estimate per entry"),
+    (["+network@networks.dc=mars"], "+network@networks.dc=mars is unknown; choose one of: lan, wan"),
 ]
 
 
@@ -101,6 +132,22 @@ def test_bad_input_is_one_line_naming_the_fix(tmp_path, args, message):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("encbench: error: ") and message in lines[0], done.stderr
     assert not (tmp_path / "r").exists()  # nothing ran
+
+
+def test_zero_tolerance_is_allowed():
+    LayerNorm.validate(LayerNormConfig(tolerance=0.0))
+
+
+def sweep_of(*argv: str) -> str:
+    return next(a for a in prepare(list(argv)) if a.startswith("sweep="))
+
+
+def test_a_sweep_is_identified_by_what_it_measures(tmp_path):
+    args = ["-m", "backend=plaintext", "workload=attention_head,layernorm", "workload.seq_len=8,16"]
+    same = ["-m", "workload.seq_len=16,8", "harness.repeats=5", "workload=layernorm,attention_head"]
+    same += ["backend=plaintext", "hydra/launcher=parallel", f"results_dir={tmp_path}", "report=false"]
+    assert sweep_of(*args) == sweep_of(*same)
+    assert sweep_of(*args) != sweep_of(*args, "harness.repeats=3") != sweep_of(*args, "networks.lan.rtt_ms=1")
 
 
 def test_failing_cells_are_recorded_while_the_sweep_finishes(tmp_path):
@@ -152,3 +199,62 @@ def test_ctrl_c_keeps_finished_cells_and_leaves_no_process(tmp_path):
     assert (frame.status == "ok").all()
     assert not pid_alive(int(pid_file.read_text()))  # the backend's own child went with the worker
     assert [m["status"] for m in manifests(tmp_path)] == ["interrupted"]
+
+
+def live_in_group(pgid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except OSError:
+            continue
+        if int(group) == pgid and state != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_a_killed_sweep_leaves_no_process_and_resume_measures_only_what_is_missing(tmp_path):
+    results, pid_file = tmp_path / "r", tmp_path / "party.pid"
+    sweep = [
+        "-m",
+        "backend=faulty",
+        "backend.fault=hang",
+        "backend.fault_op=gelu",  # block: the third of the first job's four cells
+        f"backend.pid_file={pid_file}",
+        f"backend.fault_once={tmp_path / 'hung'}",  # the same command gets past it the second time
+        "workload.variants=default",
+        "workload.seq_len=4,8",
+    ]
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(
+            [str(ENCBENCH), f"results_dir={results}", "progress=false", "report=false", *sweep],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.time() + 120
+    while not pid_file.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert pid_file.exists(), (tmp_path / "killed.log").read_text()
+    party = int(pid_file.read_text())
+    group = int(Path(f"/proc/{party}/stat").read_text().rsplit(")", 1)[1].split()[2])  # the worker's group
+    spawned = children_of(proc.pid)  # the worker, its watchdog, multiprocessing's resource tracker
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 10
+    while (live_in_group(group) or any(map(pid_alive, spawned))) and time.time() < deadline:
+        time.sleep(0.1)
+    assert live_in_group(group) == set() and not pid_alive(party)
+    assert [p for p in spawned if pid_alive(p)] == []
+    before = {r["cell_id"]: r for r in read_rows(results) if r["op"] == "total"}
+    assert sorted((r["workload"], r["seq_len"]) for r in before.values()) == [("attention_head", 4), ("layernorm", 4)]
+
+    again = encbench(*sweep, "resume=true", results=results)
+    assert again.returncode == 0, again.stderr
+    assert "4 cells (2 ok, 2 resumed)" in again.stdout and "4 cells (4 ok)" in again.stdout
+    totals = [r for r in read_rows(results) if r["op"] == "total"]
+    assert len(totals) == len({r["cell_id"] for r in totals}) == 8  # each cell measured exactly once
+    assert all(r["status"] == "ok" for r in totals)
+    assert [r for r in totals if r["cell_id"] in before] == list(before.values())  # kept, not measured again
+    assert len(list(results.iterdir())) == 1  # the same run directory
+    assert [m["status"] for m in manifests(results)] == ["finished", "finished"]

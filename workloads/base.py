@@ -88,6 +88,10 @@ class Workload(ABC):
                 raise ConfigError(f"workload.{key}={getattr(cfg, key)} must be a positive integer")
         if cfg.d_ff is not None and cfg.d_ff <= 0:
             raise ConfigError(f"workload.d_ff={cfg.d_ff} must be a positive integer or null")
+        if cfg.tolerance is not None and not cfg.tolerance >= 0:  # a negative bound flags every cell; NaN none
+            raise ConfigError(
+                f"workload.tolerance={cfg.tolerance} must be >= 0 (a bound on max_abs_error) or null (the backend's)"
+            )
         if cls.uses_heads and cfg.d_model % cfg.n_heads:
             raise ConfigError(
                 f"workload.d_model={cfg.d_model} is not divisible by workload.n_heads="
