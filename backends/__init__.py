@@ -10,36 +10,51 @@ import importlib
 import os
 import pkgutil
 
-from backends.base import ALL, Backend, BackendConfig, Capabilities
+from backends.base import ALL, Backend, BackendConfig, Capabilities, Column
 from workloads.base import ConfigError
 
 _NOT_BACKENDS = {"base"}
+PLUGINS_ENV = "ENCBENCH_BACKENDS"
 
 
-def _modules() -> dict[str, str]:
+def _modules(plugins: bool = True) -> dict[str, str]:
     found = {m.name: f"backends.{m.name}" for m in pkgutil.iter_modules(__path__)}
     found = {n: m for n, m in found.items() if n not in _NOT_BACKENDS and not n.startswith("_")}
-    for path in filter(None, os.environ.get("ENCBENCH_BACKENDS", "").split(",")):
+    for path in filter(None, os.environ.get(PLUGINS_ENV, "").split(",") if plugins else []):
         found[path.rsplit(".", 1)[-1]] = path.strip()
     return found
 
 
-def names() -> list[str]:
-    """Every backend, whether or not its library is installed."""
-    return sorted(_modules())
+def names(plugins: bool = True) -> list[str]:
+    """Every backend, whether or not its library is installed; `plugins=False`: the in-tree ones."""
+    return sorted(_modules(plugins))
+
+
+REQUIRED = {
+    "name": "the name it is selected by",
+    "Config": "its config dataclass",
+    "capabilities": "what it runs and measures",
+    "default_tolerance": "its bound on max_abs_error",
+    "threat_model": "who holds what and who sees what",
+}
 
 
 def get(name: str) -> type[Backend]:
-    """The backend class registered as `name`; ConfigError naming the choices otherwise."""
+    """The backend class registered as `name`; ConfigError naming the choices, or what the class
+    lacks of the contract (`backends/base.py`), otherwise."""
     modules = _modules()
     if name not in modules:
         raise ConfigError(f"backend={name} is unknown; choose one of: {', '.join(sorted(modules))}")
-    return importlib.import_module(modules[name]).BACKEND
+    cls = importlib.import_module(modules[name]).BACKEND
+    missing = [f"`{attr}` ({why})" for attr, why in REQUIRED.items() if not hasattr(cls, attr)]
+    if missing:
+        raise ConfigError(f"backend {name}: {cls.__name__} lacks {', '.join(missing)}; see backends/base.py")
+    return cls
 
 
-def installed() -> list[str]:
+def installed(plugins: bool = True) -> list[str]:
     """The backends whose libraries import on this machine."""
-    return [n for n in names() if get(n).unavailable() is None]
+    return [n for n in names(plugins) if get(n).unavailable() is None]
 
 
-__all__ = ["ALL", "Backend", "BackendConfig", "Capabilities", "get", "installed", "names"]
+__all__ = ["ALL", "Backend", "BackendConfig", "Capabilities", "Column", "get", "installed", "names"]

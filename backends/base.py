@@ -1,7 +1,8 @@
 """The backend contract: the steps a technology implements; the harness times and checks them.
 
-A backend is one module in `backends/` defining a `Backend` subclass as `BACKEND`, its `Config`
-dataclass (registered as `backend=<name>`), and `capabilities`. The harness drives it per cell:
+A backend is a module (or a package, its internals beside it) in `backends/` defining a `Backend`
+subclass as `BACKEND`, its `Config` dataclass (registered as `backend=<name>`), and `capabilities`.
+The harness drives it per cell:
 
     backend = ...                              # inside Backend.execute (here, or in every party)
     w = backend.setup(workload, weights)       # keygen / compile / share weights   -> setup_s
@@ -14,23 +15,34 @@ and after, so a backend only keeps cumulative counts. The three execution models
 - eager (plaintext, TenSEAL): `ops` computes on ciphertexts; the default `run` calls the
   workload's forward and every op is timed on its own.
 - traced circuits (Concrete): `setup` traces `workload.forward` with a recorder that opens one
-  tag per op and compiles; `run` executes the circuit as one op, and `op_counters` returns the
-  per-tag counts (`fused = True` in the capabilities: per-op latency is not observable).
+  tag per op and compiles; `run` executes the circuit as one op (`circuit`), `op_counters` gives
+  the per-tag counts, and each op's latency comes from that op compiled as a circuit of its own
+  (`isolated`), or from a cost model (`estimated`).
 - lock-step parties (CrypTen): `execute` runs the harness's job in every party process, so the
   same forward runs everywhere; `sync` is a barrier so that all parties' clocks bracket each op
   alike, and `counters` sums the parties' traffic.
 
-Example, a backend whose values are float32 tensors::
+Every result column a backend fills beyond the harness's own is declared in
+`Capabilities.columns` (`Column`: unit, scope, meaning, deterministic or not); the shared ones
+below (`PBS`, `ROUNDS`, `COMM_BYTES`, ...) carry the meaning the harness relies on (network
+estimates, security marks). Reports, the regression gate and docs/metrics.md read the declarations.
+
+Example, a backend whose values are float32 tensors (`tests/test_contract.py` runs it)::
+
+    @dataclass
+    class Float32Config(BackendConfig):
+        name: str = "float32"
 
     class Float32(Backend):
         name = "float32"
         Config = Float32Config
-        capabilities = Capabilities(workloads=ALL_WORKLOADS)
+        capabilities = Capabilities(workloads={"layernorm": ALL, "attention_head": ALL})
         default_tolerance = 1e-4
+        threat_model = "none: inputs and weights in the clear"
         def __init__(self, cfg): self.ops = TorchOps(torch.float32)
         def setup(self, workload, weights): return {k: v.float() for k, v in weights.items()}
         def protect(self, inputs): return {k: v.float() for k, v in inputs.items()}
-        def reveal(self, value): return value.double()
+        def reveal(self, value): return map_values(torch.Tensor.double, value)
 """
 
 from __future__ import annotations
@@ -62,6 +74,15 @@ def set_activity_sink(sink: Callable[[str], None]) -> None:
     _activity_sink = sink
 
 
+def map_values(fn: Callable[[Any], Any], value: Any) -> Any:
+    """`fn` applied to every value of a (nested) tuple, list or dict of them: what `reveal` gets."""
+    if isinstance(value, dict):
+        return {k: map_values(fn, v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return tuple(map_values(fn, v) for v in value)
+    return fn(value)
+
+
 @dataclass
 class BackendConfig:
     """Base of every backend's config; `name` selects the backend."""
@@ -69,19 +90,77 @@ class BackendConfig:
     name: str = "?"
 
 
+SCOPES = ("op", "cell", "row")
+
+
+@dataclass(frozen=True)
+class Column:
+    """A result column: its unit, which rows carry it, and what it means.
+
+    `scope`: `op` (what one op did, on that op's row; the `total` row holds the sum over ops),
+    `cell` (a figure of the whole cell, such as a key size: on the `total` row only) or `row`
+    (every row has its own, like latency). `deterministic`: exact across runs of the same code
+    (counts, sizes), so the regression gate compares it exactly. `kind` groups columns in reports
+    and docs: `communication` and `counter` (per-op counts, plotted per op), `size`, `security`,
+    `setup` (parts of `setup_s`), `latency`, `accuracy`, `parameter`, `flag`, `estimate`. A name ending in
+    `*` is a family (`comm_bytes_*`: `comm_bytes_p0`, `comm_bytes_up`, ...).
+    """
+
+    name: str
+    unit: str  # s, bytes, count, bits, levels, value (the workload's own), ratio, bool, text
+    scope: str
+    meaning: str
+    deterministic: bool = False
+    kind: str = "counter"
+
+    def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise ValueError(f"column {self.name}: scope {self.scope!r} is not one of {SCOPES}")
+
+
+# The columns several technologies share; the harness relies on their meaning.
+PBS = Column("pbs", "count", "op", "programmable bootstraps (TFHE)", True)
+DEPTH = Column("depth", "levels", "op", "multiplicative depth the op consumed (CKKS)", True)
+ROUNDS = Column(
+    "rounds", "count", "op", "communication rounds (MPC: message exchanges; HE: round trips)", True, "communication"
+)
+COMM_BYTES = Column(
+    "comm_bytes", "bytes", "op", "bytes sent, each byte once: all parties (MPC), both ways (HE)", True, "communication"
+)
+COMM_BYTES_SPLIT = Column(
+    "comm_bytes_*",
+    "bytes",
+    "op",
+    "bytes sent by one party (`p0`, `p1`, ...) or in one direction (`up`: client to server, `down`)",
+    True,
+    "communication",
+)
+CT_BYTES = Column("ct_bytes", "bytes", "cell", "serialized input + output ciphertexts of one online run", True, "size")
+KEY_BYTES = Column("key_bytes", "bytes", "cell", "evaluation keys the server holds (made in setup)", True, "size")
+SECURITY_BITS = Column(
+    "security_bits",
+    "bits",
+    "cell",
+    "classical security of the HE parameters; below 128 only with the backend's "
+    "`allow_insecure`, and then marked insecure",
+    True,
+    "security",
+)
+KEYGEN_S = Column("keygen_s", "s", "cell", "key generation (as recorded when the keys were made)", kind="setup")
+APPROX = Column("approx", "text", "cell", "settings of the non-linearities' approximations", kind="parameter")
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a backend can run and measure.
 
     `workloads` maps each supported workload to the variant values it supports per switch
-    (`ALL` for every variant; a switch left out supports every value). `counters` names the
-    result columns it fills besides latency and error. `fused` says ops run as one circuit, so
-    per-op latency is not measured (per-op counters still are).
+    (`ALL` for every variant; a switch left out supports every value). `columns` are the result
+    columns it fills besides the harness's own (latency, error, status, sizes of the workload).
     """
 
     workloads: Mapping[str, Mapping[str, tuple[str, ...]] | None]
-    counters: tuple[str, ...] = ()
-    fused: bool = False
+    columns: tuple[Column, ...] = ()
 
     def why_not(self, workload: Workload) -> str | None:
         """Why the backend cannot run this workload and variant, or None if it can."""
@@ -102,7 +181,8 @@ class Backend(ABC):
     capabilities: ClassVar[Capabilities]
     default_tolerance: ClassVar[float]
     threat_model: ClassVar[str]  # who holds what, who sees what; recorded in every run's manifest
-    ops: Ops
+    libraries: ClassVar[tuple[str, ...]] = ()  # distributions whose versions every run's manifest records
+    ops: Ops  # what the default `run` computes with; a backend that overrides `run` may have none
 
     @abstractmethod
     def __init__(self, cfg: BackendConfig): ...
@@ -163,14 +243,15 @@ class Backend(ABC):
         circuit); None: the harness reveals them from a run."""
         return None
 
-    def op_counters(self) -> dict[str, dict[str, float]]:
-        """Counters known per op without running it (e.g. PBS per tag of a compiled circuit). A
-        `latency_s` here replaces the measured one: a modelled estimate (then `estimated=True` in
-        `metrics`)."""
+    def op_counters(self) -> dict[str, dict[str, Any]]:
+        """Per-op figures known without timing the op (PBS per tag of a compiled circuit, the
+        traffic of `protect`). A `latency_s` here replaces the measured one (set `estimated` or
+        `isolated` beside it, to say where it came from)."""
         return {}
 
     def metrics(self) -> dict[str, Any]:
-        """Cell-level figures: `key_bytes`, `ct_bytes`, `security_bits` and backend extras."""
+        """Cell-level figures (`cell`-scope columns: key sizes, security, parameters); they go on
+        the `total` row only."""
         return {}
 
     def close(self) -> None:

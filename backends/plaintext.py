@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 import workloads
-from backends.base import ALL, Backend, BackendConfig, Capabilities
+from backends.base import ALL, Backend, BackendConfig, Capabilities, map_values
 from workloads.base import ConfigError
 from workloads.ops import TorchOps
 
@@ -47,11 +47,7 @@ class PlaintextBackend(Backend):
         return {k: v.to(self.dtype) for k, v in inputs.items()}
 
     def reveal(self, value):
-        if isinstance(value, torch.Tensor):
-            return value.to(torch.float64)
-        if isinstance(value, dict):
-            return {k: self.reveal(v) for k, v in value.items()}
-        return tuple(self.reveal(v) for v in value)
+        return map_values(torch.Tensor.double, value)
 
 
 BACKEND = PlaintextBackend

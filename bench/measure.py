@@ -13,11 +13,12 @@ from typing import Any
 
 from backends.base import Backend
 from bench.accuracy import Reference, errors
+from bench.columns import TOTAL, Catalogue, for_backend
 from bench.timing import OpTimer, median_iqr
 from workloads.base import Capture, Workload
 
 NAN = float("nan")
-NOT_SUMMED = ("latency_s", "latency_iqr_s")  # static per-op timings: see `tidy_rows`
+SECURE_BITS = 128
 
 
 @dataclass
@@ -52,6 +53,10 @@ class CellMeasurement:
     runs: list[OnlineRun] = field(default_factory=list)
     op_errors: dict[str, tuple[float, float]] = field(default_factory=dict)
 
+    def worst(self) -> OnlineRun:
+        """The repeat whose output was furthest from the reference."""
+        return max(self.runs, key=lambda r: r.abs_error)
+
 
 def online_run(backend: Backend, workload: Workload, inputs, weights) -> OnlineRun:
     """One timed run: protect, the workload's ops, reveal."""
@@ -64,16 +69,18 @@ def online_run(backend: Backend, workload: Workload, inputs, weights) -> OnlineR
     return OnlineRun(total, timer.seconds, timer.counters, revealed)
 
 
-def op_errors(backend: Backend, workload: Workload, inputs, weights, reference, ref_ops) -> dict:
-    """Errors of every op's revealed output, from one extra untimed run (or the backend's own
-    per-op outputs, for fused circuits), and of the protected input where it can be revealed."""
-    capture = Capture(backend.reveal)
+def op_errors(backend: Backend, workload: Workload, inputs, weights, ref_ops, final: tuple[float, float]) -> dict:
+    """Errors of the protected input and of every op's revealed output; `reveal`'s is the final
+    output's from the timed runs (`final`). Op outputs come from the backend where it gives them (a
+    fused circuit reveals only its output; no run then), else from one extra untimed run."""
     protected = backend.protect(inputs)
-    out = backend.run(workload, capture, protected, weights)
+    found = {"protect": errors(backend.reveal(protected), inputs), "reveal": final}
     outputs = backend.op_outputs(workload, inputs, weights)
-    found = {} if outputs is not None else {"protect": errors(backend.reveal(protected), inputs)}
-    found.update({op: errors(v, ref_ops[op]) for op, v in (outputs or capture.outputs).items() if op in ref_ops})
-    found["reveal"] = reference.errors(backend.reveal(out))
+    if outputs is None:
+        capture = Capture(backend.reveal)
+        backend.run(workload, capture, protected, weights)
+        outputs = capture.outputs
+    found.update({op: errors(v, ref_ops[op]) for op, v in outputs.items() if op in ref_ops})
     return found
 
 
@@ -94,7 +101,8 @@ def measure_cell(backend: Backend, workload: Workload, harness: HarnessConfig) -
         if backend.agree(sum(r.total_s for r in cell.runs) >= harness.budget_s):  # parties' clocks differ
             break
     if harness.per_op_error:
-        cell.op_errors = op_errors(backend, workload, inputs, handles, reference, ref_ops)
+        worst = cell.worst()
+        cell.op_errors = op_errors(backend, workload, inputs, handles, ref_ops, (worst.abs_error, worst.rel_error))
     return cell
 
 
@@ -102,63 +110,63 @@ def measure(backend: Backend, workload: Workload, harness: HarnessConfig) -> lis
     """The cell's rows: one per op (protect, the workload's ops, reveal) and `total`."""
     reason = backend.why_not(workload)
     if reason:
-        return [{"op": "total", "status": "skipped", "error": f"{backend.name}: {reason}"}]
+        return [{"op": TOTAL, "status": "skipped", "error": f"{backend.name}: {reason}"}]
     cell = measure_cell(backend, workload, harness)
     tolerance = backend.default_tolerance if workload.cfg.tolerance is None else workload.cfg.tolerance
     return tidy_rows(cell, backend, tolerance)
 
 
 def tidy_rows(cell: CellMeasurement, backend: Backend, tolerance: float) -> list[dict]:
-    """Op rows take the backend's cell-level metrics, then their own counters; `total` sums the
-    counters over ops, then lets the cell-level metrics (which a backend knows better) win.
+    """A row per op with what that op did, and the `total` row: the whole online run, the sums of
+    the ops' `op`-scope columns and the cell's own figures (`metrics()`, setup).
 
-    A `latency_s` among an op's static counters replaces its measured time (a modelled estimate, or
-    an op timed as its own circuit): it is not summed, and the total's latency swaps it in only for
+    A `latency_s` among an op's static figures (`op_counters`) replaces its measured time (a
+    modelled estimate, or the op timed as its own circuit); the total's latency swaps it in only for
     ops that the online run timed."""
+    catalogue = for_backend(type(backend))
     first = cell.runs[0]
     recorded = [op for op in first.seconds if op not in ("protect", "reveal")]
-    extra = [op for op in recorded if op not in cell.op_names]
-    ops = ["protect", *cell.op_names, *extra, "reveal"]
+    ops = ["protect", *cell.op_names, *(op for op in recorded if op not in cell.op_names), "reveal"]
     static, metrics = backend.op_counters(), backend.metrics()
-    common = {"repeats": len(cell.runs), "setup_s": cell.setup_s, "tolerance": tolerance, "status": "ok"}
-    rows, totals = [], {}
+    check_scopes(catalogue, backend.name, metrics, [*first.counters.values(), *static.values()])
+    common = {"repeats": len(cell.runs), "tolerance": tolerance, "status": "ok"}
+    rows = []
     for op in ops:
-        counters = {**first.counters.get(op, {}), **static.get(op, {})}
-        for key, value in counters.items():
-            if key not in NOT_SUMMED and not isinstance(value, bool):
-                totals[key] = totals.get(key, 0) + value
-        samples = [r.seconds[op] for r in cell.runs if op in r.seconds]
-        med, iqr = median_iqr(samples)
-        abs_err, rel_err = cell.op_errors.get(op, (NAN, NAN))
-        rows.append(
-            {
-                "op": op,
-                "latency_s": med,
-                "latency_iqr_s": iqr,
-                **common,
-                **metrics,
-                **counters,
-                **error_columns(abs_err, rel_err, tolerance),
-            }
-        )
+        med, iqr = median_iqr([r.seconds[op] for r in cell.runs if op in r.seconds])
+        figures = {**first.counters.get(op, {}), **static.get(op, {})}
+        errs = error_columns(*cell.op_errors.get(op, (NAN, NAN)), tolerance)
+        rows.append({"op": op, "latency_s": med, "latency_iqr_s": iqr, **common, **figures, **errs})
+    summed = catalogue.select({k for row in rows for k in row}, scope="op")
+    totals = {k: sum(row[k] for row in rows if k in row) for k in summed}
     replaced = {op: c["latency_s"] for op, c in static.items() if "latency_s" in c}
     med, iqr = median_iqr(
         [r.total_s + sum(v - r.seconds[op] for op, v in replaced.items() if op in r.seconds) for r in cell.runs]
     )
-    worst = max(cell.runs, key=lambda r: r.abs_error)
-    rows.append(
-        {
-            "op": "total",
-            "latency_s": med,
-            "latency_iqr_s": iqr,
-            **common,
-            "inaccurate_repeats": sum(r.abs_error > tolerance for r in cell.runs),
-            **totals,
-            **metrics,
-            **error_columns(worst.abs_error, worst.rel_error, tolerance),
-        }
-    )
-    return rows
+    worst = cell.worst()
+    total = {
+        "op": TOTAL,
+        "latency_s": med,
+        "latency_iqr_s": iqr,
+        **common,
+        "setup_s": cell.setup_s,
+        "inaccurate_repeats": sum(r.abs_error > tolerance for r in cell.runs),
+        **totals,
+        **metrics,
+        **error_columns(worst.abs_error, worst.rel_error, tolerance),
+    }
+    if "security_bits" in metrics:
+        total["insecure"] = metrics["security_bits"] < SECURE_BITS
+    return [*rows, total]
+
+
+def check_scopes(catalogue: Catalogue, backend: str, metrics: dict, per_op: list[dict]) -> None:
+    """A cell-level figure among per-op ones, or a per-op one among the cell's, is a backend bug: it
+    would be copied onto every op row, or summed as if each op had done it."""
+    wrong = catalogue.select(metrics, scope="op") + catalogue.select({k for d in per_op for k in d}, scope="cell")
+    if wrong:
+        raise ValueError(
+            f"backend {backend} reports {', '.join(sorted(set(wrong)))} at the wrong scope (backends/base.py: Column)"
+        )
 
 
 def error_columns(abs_err: float, rel_err: float, tolerance: float) -> dict[str, Any]:

@@ -15,16 +15,17 @@ from typing import Any
 
 import pandas as pd
 
-SCHEMA_VERSION = 1
+from bench.columns import TOTAL, registry
+
+SCHEMA_VERSION = 2  # 2: per-op rows hold only what their op did; cell-level figures on `total` only
 ROWS_FILE = "rows.jsonl"
 # fmt: off
 COLUMNS = (
     "run_id", "backend", "workload", "variant", "seq_len", "d_model", "n_heads", "op", "latency_s",
     "latency_iqr_s", "repeats", "setup_s", "pbs", "rounds", "comm_bytes", "ct_bytes", "key_bytes",
     "max_abs_error", "security_bits", "status", "error",
-)
+)  # always present in `load`'s frame, in this order; every column's meaning: `bench.columns`
 # fmt: on
-NUMERIC = tuple(c for c in COLUMNS if c not in ("run_id", "backend", "workload", "variant", "op", "status", "error"))
 FINISHED = ("ok", "skipped")  # statuses that `resume` does not run again
 
 
@@ -73,18 +74,44 @@ def load(path: str | Path) -> pd.DataFrame:
     """Every row under `path` (a rows file, a run, or a results directory) as one DataFrame.
 
     A cell measured again (`resume` retries errors and timeouts) keeps only its latest attempt.
+    Rows of older schema versions are brought to the current one.
     """
-    frame = pd.DataFrame.from_records(read_rows(path))
+    frame = upgrade(pd.DataFrame.from_records(read_rows(path)))
     if "cell_id" in frame:
         latest = frame.groupby(["run_id", "cell_id"])["finished_at"].transform("max")
         frame = frame[frame["finished_at"] == latest].reset_index(drop=True)
     for column in COLUMNS:
         if column not in frame:
             frame[column] = None
-    frame[list(NUMERIC)] = frame[list(NUMERIC)].apply(pd.to_numeric, errors="coerce")
+    catalogue = registry()
+    numeric = [c for c in frame.columns if catalogue.numeric(c)]
+    frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")
     return frame[list(COLUMNS) + [c for c in frame.columns if c not in COLUMNS]]
+
+
+def upgrade(frame: pd.DataFrame) -> pd.DataFrame:
+    """Schema 1 copied a backend's cell-level figures onto every op row: keep them on `total` only.
+    A figure is taken as copied when its column is `cell`-scope, or when every op row of the cell
+    holds the total's value (a traffic figure reported for the whole cell)."""
+    if frame.empty or "cell_id" not in frame:
+        return frame
+    old = frame["schema_version"].isna() if "schema_version" in frame else pd.Series(True, index=frame.index)
+    if not old.any():
+        return frame
+    frame = frame.copy()
+    catalogue = registry()
+    cell_scope = catalogue.select(frame.columns, scope="cell")
+    per_op = catalogue.select(frame.columns, scope="op")
+    for _, rows in frame[old].groupby(["run_id", "cell_id"]):
+        ops, total = rows[rows["op"] != TOTAL], rows[rows["op"] == TOTAL]
+        if total.empty or len(ops) < 2:
+            continue
+        copied = [c for c in per_op if total[c].notna().all() and (ops[c] == total[c].iloc[0]).all()]
+        frame.loc[ops.index, cell_scope + copied] = None
+    frame.loc[old, "schema_version"] = 1
+    return frame
 
 
 def finished_cells(path: str | Path) -> set[str]:
     """Cell ids under `path` whose total row says they finished (ok or skipped)."""
-    return {r["cell_id"] for r in read_rows(path) if r.get("op") == "total" and r.get("status") in FINISHED}
+    return {r["cell_id"] for r in read_rows(path) if r.get("op") == TOTAL and r.get("status") in FINISHED}

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from bench.cells import Cell
 from bench.network import NetworkConfig, estimates
-from bench.results import ROWS_FILE, RowWriter, finished_cells
+from bench.results import ROWS_FILE, SCHEMA_VERSION, RowWriter, finished_cells
 from bench.worker import Worker
 
 
@@ -43,14 +43,15 @@ def run_cells(
             start = time.perf_counter()
             rows = worker.run(cell, timeout_s)
             stamp = {
+                "schema_version": SCHEMA_VERSION,
                 "run_id": run_id,
                 **cell.columns(),
                 "finished_at": datetime.now(UTC).isoformat(),
-                "cell_wall_s": time.perf_counter() - start,
             }
             rows = [{**stamp, **row, **estimates(row, networks or {})} for row in rows]
-            writer.write(rows)
             total = rows[-1]
+            total["cell_wall_s"] = time.perf_counter() - start
+            writer.write(rows)
             tally[total["status"]] += 1
             bar.write(cell_line(cell, total))
             bar.update()

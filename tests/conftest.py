@@ -10,11 +10,16 @@ REPO = TESTS.parent
 ENCBENCH = Path(sys.executable).parent / "encbench"
 
 
-@pytest.fixture(autouse=True)
-def faulty_backend(monkeypatch):
-    """Make the test-only fault injector available, here and in worker processes."""
-    monkeypatch.setenv("ENCBENCH_BACKENDS", "faulty")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+TEST_BACKENDS = "faulty,widgets"  # tests/faulty.py (fault injection), tests/widgets.py (a counter of its own)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def test_backends():
+    """Make the test-only backends available, here and in worker processes, before any fixture runs."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ENCBENCH_BACKENDS", TEST_BACKENDS)
+        patch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+        yield
 
 
 def encbench(*args: str, results: Path, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -21,7 +21,8 @@ from backends.concrete import ConcreteBackend, ConcreteConfig, calibration_input
 from backends.concrete import circuit as tfhe_circuit  # noqa: E402
 from backends.concrete.blocks import concrete_fhe, elementwise_product  # noqa: E402
 from backends.concrete.fused import FusedScheme  # noqa: E402
-from backends.concrete.quant import QuantOps, QuantSettings  # noqa: E402
+from backends.concrete.quant import QuantOps  # noqa: E402
+from backends.concrete.values import QuantSettings  # noqa: E402
 
 QUICK = HarnessConfig(warmup=0, repeats=1)
 

@@ -249,7 +249,7 @@ def test_scaling_has_a_panel_per_swept_size_with_fitted_slopes_and_backend_colou
     from matplotlib import pyplot as plt
 
     from bench.report.plots_latency import scaling
-    from bench.report.style import BACKEND_COLOURS
+    from bench.report.style import colour
 
     fig = scaling(frame)
     try:
@@ -263,7 +263,7 @@ def test_scaling_has_a_panel_per_swept_size_with_fitted_slopes_and_backend_colou
         lat = tot.sort_values("seq_len")["latency_s"].to_numpy()
         assert concrete.endswith(f"slope {np.log(lat[1] / lat[0]) / np.log(2):.2f}")
         for label, line in lines.items():
-            assert line.get_color() == BACKEND_COLOURS[label.split()[0]]
+            assert line.get_color() == colour(label.split()[0])
     finally:
         plt.close(fig)
 

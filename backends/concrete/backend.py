@@ -3,8 +3,8 @@
 Threat model: the client encrypts its quantized input and decrypts the output; the server holds the
 quantized weights in the clear and runs the circuit; one round trip.
 
-Schemes (`scheme`): `fused` (`fused`) runs any workload's forward on integers, with the PBS
-savings described in `quant`; `demo` (`demo`) is the public GPT-2 demo's head, ported,
+Schemes (`scheme`): `fused` (module `fused`) runs any workload's forward on integers, with the
+PBS savings described in `quant`; `demo` (module `demo`) is the public GPT-2 demo's head, ported,
 the baseline. Either way weights and activations sit on `n_bits` grids calibrated in float on
 `calibration_samples` seeded inputs (other seeds than the measured one); the same integers in numpy
 are the quantized-clear model: per-op errors against float64 come from it (the fused circuit
@@ -18,9 +18,10 @@ on-disk cache (`circuit`); latencies not executed come from the cost model (`cos
 
 Per op: `pbs` and `ks` from the compiler's per-tag statistics (each op runs inside `fhe.tag`), and,
 with `isolated_ops`, a latency from the op compiled as its own circuit; the fused circuit is timed as
-one op, `circuit`. Cell level: `max_bit_width`, `p_error`, `global_p_error`, `complexity`,
-`key_bytes` (bootstrap + key-switch keys), `ct_bytes` (input + output ciphertexts, also
-`comm_bytes`), `security_bits` (Concrete's configured security level), `compile_s`, `keygen_s`.
+one op, `circuit`; `protect` uploads the input ciphertexts and `reveal` downloads the output's
+(`comm_bytes`). Cell level: `max_bit_width`, `p_error`, `global_p_error`, `complexity`, `key_bytes`
+(bootstrap + key-switch keys), `ct_bytes`, `security_bits` (Concrete's configured security level),
+`compile_s`, `keygen_s`. Every column is declared in `COLUMNS`.
 """
 
 from __future__ import annotations
@@ -31,12 +32,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from backends.base import ALL, Backend, BackendConfig, Capabilities, report_activity
+from backends.base import (
+    ALL,
+    COMM_BYTES,
+    COMM_BYTES_SPLIT,
+    CT_BYTES,
+    KEY_BYTES,
+    KEYGEN_S,
+    PBS,
+    SECURITY_BITS,
+    Backend,
+    BackendConfig,
+    Capabilities,
+    Column,
+    report_activity,
+)
 from backends.concrete import circuit, cost
 from backends.concrete.blocks import concrete_fhe
 from backends.concrete.demo import DemoScheme
 from backends.concrete.fused import FusedScheme
-from backends.concrete.quant import QuantSettings
+from backends.concrete.values import QuantSettings
 from workloads.base import ConfigError, Workload
 
 SCHEMES = ("fused", "demo")
@@ -45,6 +60,32 @@ ROUNDING = ("none", "exact", "approximate")
 STRATEGIES = ("multi", "mono")
 DEMO_CELL = ("attention_head", "softmax=exact")
 ISOLATED_RUNS = 2
+COLUMNS = (
+    PBS, COMM_BYTES, COMM_BYTES_SPLIT, CT_BYTES, KEY_BYTES, SECURITY_BITS, KEYGEN_S,
+    Column("ks", "count", "op", "key switches of the op (Concrete's per-tag statistics)", True),
+    Column("pbs_total", "count", "cell", "PBS of the whole circuit as Concrete counts them", True),
+    Column("complexity", "count", "cell", "Concrete's price of all PBS and key switches: the cost model's input", True),
+    Column("max_bit_width", "bits", "cell", "widest integer in the circuit", True),
+    Column("p_error", "ratio", "cell", "error probability of one PBS", True, "accuracy"),
+    Column("global_p_error", "ratio", "cell", "error probability of the whole circuit", True, "accuracy"),
+    Column("scheme", "text", "cell", "`fused` (this suite's) or `demo` (the public GPT-2 demo's head, ported)",
+           kind="parameter"),
+    Column("n_bits", "bits", "cell", "bits of weights and activations", kind="parameter"),
+    Column("fhe_mode", "text", "cell", "`compile`, `simulate` or `execute`", kind="parameter"),
+    Column("cost_model", "text", "cell", "the cost model on this machine: `seconds_per_unit`, `overhead_s`, "
+           "`spread` (largest relative residual of its fit)", kind="parameter"),
+    Column("compile_s", "s", "cell", "calibration + compilation, as recorded when the circuit was made",
+           kind="setup"),
+    Column("keys_load_s", "s", "cell", "this cell's key generation or load (execute mode)", kind="setup"),
+    Column("cache_hit", "bool", "cell", "the circuit came from the on-disk cache", kind="flag"),
+    Column("keys_cached", "bool", "cell", "the keys came from the on-disk cache (execute mode)", kind="flag"),
+    Column("est_fhe_s", "s", "row", "the cost model's run time of the fused circuit (`total`, `circuit`) or of "
+           "the op's own circuit (isolated op rows)", kind="estimate"),
+    Column("qclear_abs_error", "value", "cell", "the circuit's output against the quantized-clear model (the "
+           "same integers in numpy): 0 when the circuit computes what it should", kind="accuracy"),
+    Column("topk_agreement", "ratio", "cell", "share of each output row's top-5 features that float64 also "
+               "ranks top-5, worst over repeats", kind="accuracy"),
+)  # fmt: skip
 
 
 @dataclass
@@ -78,13 +119,13 @@ class ConcreteBackend(Backend):
             "block": {"softmax": ("exact", "relu", "quad2", "gaussian")},
             "lora_update": ALL,
         },
-        counters=("pbs", "ks", "key_bytes", "ct_bytes", "comm_bytes", "security_bits", "max_bit_width"),
-        fused=True,
+        columns=COLUMNS,
     )
     # 4-bit per-tensor quantization leaves errors up to ~1.7 on outputs of magnitude ~5 (a block at
     # seq 8, d_model 64); above 2 is a cliff (relu attention at 4 bits: 2.9). Whether the circuit
     # computes its own integers right is `qclear_abs_error` (0 in every quick-sweep cell).
     default_tolerance = 2.0
+    libraries = ("concrete-python",)
     threat_model = (
         "client encrypts its quantized input and decrypts the output; the server holds the quantized "
         "weights in the clear and evaluates the TFHE circuit; one round trip"
@@ -120,6 +161,7 @@ class ConcreteBackend(Backend):
         self.settings = QuantSettings(cfg.n_bits, cfg.rounding, cfg.rounding_bits or cfg.n_bits + 2, cfg.fuse_requant)
         self.info: dict[str, Any] = {}
         self.per_tag: dict[str, dict[str, float]] = {}
+        self.traffic = {"up": 0, "down": 0}  # input and output ciphertexts' bytes
         self.qclear_error = 0.0
         self.topk = 1.0
 
@@ -197,7 +239,7 @@ class ConcreteBackend(Backend):
         server, name = self.program.server, self.program.name
         pbs, ks = server.programmable_bootstrap_count_per_tag(name), server.key_switch_count_per_tag(name)
         self.per_tag = {tag: {"pbs": pbs.get(tag, 0), "ks": ks.get(tag, 0)} for tag in {*pbs, *ks}}
-        ct = server.size_of_inputs(name) + server.size_of_outputs(name)
+        self.traffic = {"up": server.size_of_inputs(name), "down": server.size_of_outputs(name)}
         self.info.update(
             scheme=self.cfg.scheme,
             n_bits=self.cfg.n_bits,
@@ -207,10 +249,9 @@ class ConcreteBackend(Backend):
             global_p_error=server.global_p_error,
             complexity=server.complexity,
             key_bytes=self.program.key_bytes,
-            ct_bytes=ct,
-            comm_bytes=ct,
+            ct_bytes=sum(self.traffic.values()),
             security_bits=int(self._configuration().security_level.value),
-            estimated=self.cfg.mode != "execute",  # latencies are not FHE measurements; ops may override
+            estimated=self.cfg.mode != "execute",  # the total's latency is the cost model's
         )
 
     def _refuse_oversized_keys(self, program):
@@ -247,11 +288,17 @@ class ConcreteBackend(Backend):
     def op_counters(self):
         ops = {*self.per_tag, *self.isolated}
         per_op = {op: {**self.per_tag.get(op, {}), **self.isolated.get(op, {})} for op in ops}
-        if self.cfg.mode == "execute":
-            return per_op
-        # without execution the circuit's latency is the cost model's (its simulation time means nothing)
-        modelled = {"latency_s": self.estimate(), "latency_iqr_s": float("nan"), "estimated": True}
-        return {**per_op, "circuit": modelled}
+        modelled = self.cfg.mode != "execute"  # protect / reveal quantize, encrypt only in execute mode
+        for op, way in (("protect", "up"), ("reveal", "down")):
+            per_op[op] = {
+                "comm_bytes": self.traffic[way],
+                f"comm_bytes_{way}": self.traffic[way],
+                "estimated": modelled,
+            }
+        per_op["circuit"] = {"est_fhe_s": self.estimate()}
+        if modelled:  # the circuit's latency is the cost model's (its simulation time means nothing)
+            per_op["circuit"].update(latency_s=self.estimate(), latency_iqr_s=float("nan"), estimated=True)
+        return per_op
 
     def estimate(self) -> float:
         """The cost model's run time for the fused circuit (`cost`)."""

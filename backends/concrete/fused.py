@@ -21,7 +21,8 @@ import torch
 
 from backends.concrete.blocks import concrete_fhe
 from backends.concrete.circuit import circuit_function, inputset_entry
-from backends.concrete.quant import Q, QuantOps, QuantSettings, dequantize
+from backends.concrete.quant import QuantOps
+from backends.concrete.values import Q, QuantSettings, dequantize
 from workloads.base import Capture, Workload, run_op
 
 

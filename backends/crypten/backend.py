@@ -31,7 +31,18 @@ from typing import Any
 import torch
 
 import workloads
-from backends.base import ALL, Backend, BackendConfig, Capabilities
+from backends.base import (
+    ALL,
+    APPROX,
+    COMM_BYTES,
+    COMM_BYTES_SPLIT,
+    ROUNDS,
+    Backend,
+    BackendConfig,
+    Capabilities,
+    Column,
+    map_values,
+)
 from backends.crypten import parties
 from backends.crypten.ops import CryptenOps
 from workloads.base import ConfigError
@@ -39,6 +50,20 @@ from workloads.base import ConfigError
 TRIPLES = ("TFP", "TTP")
 GELU_METHODS = ("tanh", "erf")
 MAX_METHODS = ("log_reduction", "pairwise")
+COLUMNS = (
+    ROUNDS, COMM_BYTES, COMM_BYTES_SPLIT, APPROX,
+    Column("preproc_rounds", "count", "op", "rounds inside the triple provider (outside `rounds`)", True),
+    Column("preproc_bytes", "bytes", "op", "bytes inside the triple provider, all parties (outside `comm_bytes`)",
+           True, "communication"),
+    Column("preproc_s", "s", "op", "time inside the triple provider (slowest party), included in `latency_s`",
+           kind="latency"),
+    Column("parties", "count", "cell", "parties computing", kind="parameter"),
+    Column("triples", "text", "cell", "triple provider: `TFP` trusted first party, `TTP` trusted third party",
+           kind="parameter"),
+    Column("precision_bits", "bits", "cell", "fixed-point fractional bits", kind="parameter"),
+    Column("party_start_s", "s", "cell", "starting the parties, on the cell that started them (0 when reused)",
+           kind="setup"),
+)  # fmt: skip
 
 
 @dataclass
@@ -66,7 +91,7 @@ class CryptenConfig(BackendConfig):
 class CryptenBackend(Backend):
     name = "crypten"
     Config = CryptenConfig
-    capabilities = Capabilities(workloads={name: ALL for name in workloads.REGISTRY}, counters=("rounds", "comm_bytes"))
+    capabilities = Capabilities(workloads={name: ALL for name in workloads.REGISTRY}, columns=COLUMNS)
     # 16-bit fixed point resolves 2^-16 = 1.5e-5 per value, but the errors that matter are CrypTen's
     # approximations: exp's limit form (relative error ~ x^2 / 2^(iterations+1)), the Newton
     # reciprocal (relative error ~ x^2 2^-16 per step) and 1/sqrt, carried through dot products.
@@ -75,6 +100,7 @@ class CryptenBackend(Backend):
     # (0.2 to 1e9 when an approximation leaves its range). Truncation failures (probability about
     # |x| 2^-32 per element at 16 bits) are not absorbed: they show as errors, as they should.
     default_tolerance = 0.05
+    libraries = ("crypten",)
     threat_model = (
         "semi-honest parties; party 0 secret-shares the user's input, party 1 the model's weights; "
         "weights a variant declares public stay in the clear"
@@ -147,13 +173,7 @@ class CryptenBackend(Backend):
         return self._share(inputs, owner=0)
 
     def reveal(self, value):
-        if isinstance(value, dict):
-            return {k: self.reveal(v) for k, v in value.items()}
-        if isinstance(value, tuple | list):
-            return tuple(self.reveal(v) for v in value)
-        if isinstance(value, torch.Tensor):
-            return value.double()
-        return value.get_plain_text().double()
+        return map_values(lambda v: v.double() if isinstance(v, torch.Tensor) else v.get_plain_text().double(), value)
 
     def sync(self):
         torch.distributed.barrier(group=self.comm.main_group)  # direct: not logged as a round

@@ -19,7 +19,7 @@ Sizes (`key_bytes`, `ct_bytes`, `comm_bytes`) are SEAL's uncompressed payload si
 parameters (deterministic; formulas in `params`), not the zstd output, whose size varies.
 
 Accuracy: CKKS noise at scale 2^40 is ~1e-6..1e-5 on these outputs (16-19 bits below their largest
-value, reported as `precision_bits`); the approximations dominate where they are used (LayerNorm's
+value, reported as `output_precision_bits`); the approximations dominate where they are used (LayerNorm's
 rsqrt: 3e-4). `default_tolerance` 5e-3 is ~10x the worst error seen; inputs outside the stated
 ranges (exp_*, recip_*, rsqrt_*, recorded per row) fail it loudly rather than silently.
 Not supported (skipped): relu softmax / GELU and erf GELU (no polynomial form here), lora_update
@@ -36,12 +36,28 @@ from typing import Any
 
 import torch
 
-from backends.base import ALL, Backend, BackendConfig, Capabilities
+from backends.base import (
+    ALL,
+    APPROX,
+    COMM_BYTES,
+    COMM_BYTES_SPLIT,
+    CT_BYTES,
+    DEPTH,
+    KEY_BYTES,
+    KEYGEN_S,
+    ROUNDS,
+    SECURITY_BITS,
+    Backend,
+    BackendConfig,
+    Capabilities,
+    Column,
+    map_values,
+)
 from backends.tenseal import approx
 from backends.tenseal import params as cp
 from backends.tenseal.engine import DryEngine, Engine, translate
 from backends.tenseal.ops import CkksOps
-from backends.tenseal.tensor import Mat, Packer, Weight, pow2
+from backends.tenseal.tensor import Packer, Weight, pow2
 from workloads.base import ConfigError, Workload, run_op
 
 SOFTMAX = ("exact", "power", "gaussian", "quad2")
@@ -50,6 +66,26 @@ SOFTMAX = ("exact", "power", "gaussian", "quad2")
 # power 1e-12-627 (a row whose only score is near 0: below any usable range), quad2 17-916.
 # Below `lo` the result loses accuracy; above 2 * hi Goldschmidt diverges.
 RECIP_RANGES = {"exact": (0.25, 32.0), "power": (0.1, 512.0), "quad2": (8.0, 512.0), "gaussian": (0.25, 32.0)}
+COLUMNS = (
+    DEPTH, ROUNDS, COMM_BYTES, COMM_BYTES_SPLIT, CT_BYTES, KEY_BYTES, SECURITY_BITS, KEYGEN_S, APPROX,
+    Column("rotations", "count", "op", "Galois rotations", True),
+    Column("refreshes", "count", "op", "client-aided refreshes: decrypt and re-encrypt at the client when the "
+           "modulus chain runs out (one round trip each)", True),
+    Column("galois_keys", "count", "cell", "rotation keys made (one per step used)", True, "size"),
+    Column("galois_key_bytes", "bytes", "cell", "their size, part of `key_bytes`", True, "size"),
+    Column("poly_modulus_degree", "count", "cell", "CKKS ring degree N (N/2 slots)", True, "parameter"),
+    Column("coeff_mod_bit_sizes", "text", "cell", "the modulus chain's primes, in bits", True, "parameter"),
+    Column("coeff_mod_bits", "bits", "cell", "the whole modulus, in bits", True, "parameter"),
+    Column("scale_bits", "bits", "cell", "CKKS scale", kind="parameter"),
+    Column("levels", "levels", "cell", "rescales a fresh ciphertext allows before a refresh", True, "parameter"),
+    Column("cell_depth", "levels", "cell", "multiplicative depth of the whole cell (dry run)", True, "parameter"),
+    Column("slot_block", "count", "cell", "slots per matrix row in the packing", True, "parameter"),
+    Column("param_policy", "text", "cell", "how the parameters were chosen: `small`, `depth` or `explicit`",
+           kind="parameter"),
+    Column("encode_weights_s", "s", "cell", "encoding the weights as plaintexts, part of `setup_s`", kind="setup"),
+    Column("output_precision_bits", "bits", "cell", "observed precision of the output: log2(max |reference| / "
+           "max error)", kind="accuracy"),
+)  # fmt: skip
 
 
 @dataclass
@@ -102,9 +138,10 @@ class TensealBackend(Backend):
             "layernorm": ALL,
             "block": {"softmax": SOFTMAX, "gelu": ("poly", "quad")},
         },
-        counters=("depth", "comm_bytes", "comm_bytes_up", "comm_bytes_down", "refreshes", "rounds", "rotations"),
+        columns=COLUMNS,
     )
     default_tolerance = 5e-3  # ~10x the worst error seen (4.3e-4, block: the rsqrt approximation); noise ~1e-5
+    libraries = ("tenseal",)
     threat_model = (
         "client holds the secret key and encrypts its input; semi-honest server holds plaintext weights "
         "and sees only ciphertexts (and refreshed ciphertexts, re-encrypted by the client)"
@@ -218,7 +255,7 @@ class TensealBackend(Backend):
         self.rounds, self.last, self.out = 0, {"up": 0, "down": 0}, None
         self.reference = flatten(workload.reference()[0])
         self.info = self._describe(params, depth, len(steps), block, workload)
-        self.info.update(keygen_s=keygen_s, encode_weights_s=perf_counter() - start, precision_bits=math.nan)
+        self.info.update(keygen_s=keygen_s, encode_weights_s=perf_counter() - start, output_precision_bits=math.nan)
         return self._weights(weights)
 
     def _weights(self, weights):
@@ -227,12 +264,12 @@ class TensealBackend(Backend):
     def _describe(self, params, depth, n_steps, block, workload) -> dict[str, Any]:
         c, keys = self.cfg, params.key_bytes(n_steps)
         lo, hi = self._recip_range(workload)
+        steps = approx.goldschmidt_steps(lo, hi, c.recip_bits)
         return {
             "key_bytes": sum(keys.values()),
             "galois_key_bytes": keys["galois"],
             "galois_keys": n_steps,
             "security_bits": params.security_bits,
-            "insecure": params.security_bits < 128,
             "poly_modulus_degree": params.poly_modulus_degree,
             "coeff_mod_bits": params.total_bits,
             "coeff_mod_bit_sizes": ",".join(map(str, params.coeff_mod_bit_sizes)),
@@ -241,14 +278,9 @@ class TensealBackend(Backend):
             "param_policy": c.param_policy if c.poly_modulus_degree is None else "explicit",
             "cell_depth": depth,
             "slot_block": block,
-            "exp_range": f"[{c.exp_lo:g},{c.exp_hi:g}]",
-            "exp_degree": c.exp_degree,
-            "exp_squarings": c.exp_squarings,
-            "recip_range": f"[{lo:g},{hi:g}]",
-            "recip_steps": approx.goldschmidt_steps(lo, hi, c.recip_bits),
-            "rsqrt_range": f"[{c.rsqrt_lo:g},{c.rsqrt_hi:g}]",
-            "rsqrt_degree": c.rsqrt_degree,
-            "rsqrt_newton": c.rsqrt_newton,
+            "approx": f"exp=[{c.exp_lo:g},{c.exp_hi:g}]/deg{c.exp_degree}/sq{c.exp_squarings},"
+            f"recip=[{lo:g},{hi:g}]/goldschmidt{steps},"
+            f"rsqrt=[{c.rsqrt_lo:g},{c.rsqrt_hi:g}]/deg{c.rsqrt_degree}/newton{c.rsqrt_newton}",
         }
 
     def protect(self, inputs):
@@ -273,15 +305,11 @@ class TensealBackend(Backend):
         if value is self.out and self.reference is not None:  # the cell's output: its precision in bits
             err = float((flatten(out) - self.reference).abs().max())
             scale = float(self.reference.abs().max())
-            self.info["precision_bits"] = math.log2(scale / err) if err > 0 and scale > 0 else math.inf
+            self.info["output_precision_bits"] = math.log2(scale / err) if err > 0 and scale > 0 else math.inf
         return out
 
     def _open(self, value):
-        if isinstance(value, Mat):
-            return torch.from_numpy(self._guard(self.packer.decrypt, value).copy())
-        if isinstance(value, dict):
-            return {k: self._open(v) for k, v in value.items()}
-        return tuple(self._open(v) for v in value)
+        return map_values(lambda mat: torch.from_numpy(self._guard(self.packer.decrypt, mat).copy()), value)
 
     @staticmethod
     def _guard(fn, *args):

@@ -5,8 +5,9 @@ workload_cfg) and op. `cell_id` is not used to match because it also hashes the 
 the same cell measured with more repeats or a longer budget would look new.
 
 A regression (exit 1) is any of:
-- a deterministic counter (pbs, rounds, comm_bytes, ct_bytes, key_bytes, depth, and security_bits /
-  per-party bytes where present) that differs at all, appearing or disappearing included;
+- a deterministic column (every one the registry marks so: pbs, rounds, comm_bytes and its per-party and
+  per-direction parts, ct_bytes, key_bytes, depth, rotations, security_bits, ... see docs/metrics.md)
+  that differs at all, appearing or disappearing included;
 - an op whose error is above its tolerance in NEW but was within it (or unmeasured) in BASE;
 - latency (unless --no-latency): NEW's median at least R times BASE's (default 1.5), the spreads do
   not overlap (NEW's lower quartile above BASE's upper; quartiles taken as median -/+ IQR/2, IQR 0 with
@@ -24,14 +25,13 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from bench.columns import registry
 from bench.report.frame import (
-    COUNTERS,
-    EXTRA_COUNTERS,
     KEY,
     ResultsError,
-    fmt_count,
     fmt_error,
     fmt_seconds,
+    fmt_value,
     read_run,
     sort_cells,
 )
@@ -39,7 +39,6 @@ from bench.report.frame import tidy as tidy_frame
 
 DEFAULT_RATIO = 1.5
 DEFAULT_MIN_S = 1e-3
-CHECKED = (*COUNTERS, *EXTRA_COUNTERS)
 ROW_KEY = [*KEY, "op"]
 
 
@@ -86,7 +85,7 @@ class Comparison:
 def prepare(base: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     """Both runs tidied together (so labels agree), one row per (cell key, op) and side, the latest."""
     both = tidy_frame(pd.concat([base.assign(_side="base"), new.assign(_side="new")], ignore_index=True))
-    both = both.assign(_pos=range(len(both))).sort_values("finished_at", na_position="first", kind="stable")
+    both = both.assign(_pos=range(len(both))).sort_values("finished_at", na_position="first", kind="stable").copy()
     return both.drop_duplicates([*ROW_KEY, "_side"], keep="last").sort_values("_pos")
 
 
@@ -94,6 +93,7 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, thresholds: Thresholds | None
     """Compare two runs' rows (as from `bench.results.load`); pure: reads nothing, prints nothing."""
     thresholds = thresholds or Thresholds()
     both = prepare(base, new)
+    checked = [c for c in registry().select(both.columns, deterministic=True) if both[c].notna().any()]
     side = {s: both[both["_side"] == s].drop(columns="_side") for s in ("base", "new")}
     rows = side["base"].merge(side["new"], on=ROW_KEY, how="outer", suffixes=("_b", "_n"), indicator=True)
     rows["cell"] = rows["cell_n"].fillna(rows["cell_b"])
@@ -113,7 +113,7 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, thresholds: Thresholds | None
         if cell_findings or total.iloc[0]["status_b"] != "ok":
             continue
         for _, row in ops.iterrows():
-            found = op_findings(row, thresholds)
+            found = op_findings(row, thresholds, checked)
             findings += found
             verdicts[(row["id"], row["op"])] = verdict(row, found, thresholds)
     return Comparison(summary_table(rows, verdicts), findings)
@@ -141,7 +141,7 @@ def cell_status(total: pd.Series) -> list[Finding]:
     return finding("not ok", f"{status_b} -> {status_n}: {message}", False)
 
 
-def op_findings(row: pd.Series, thresholds: Thresholds) -> list[Finding]:
+def op_findings(row: pd.Series, thresholds: Thresholds, checked: list[str]) -> list[Finding]:
     """Counter, error and latency findings for one op of a cell that is ok in both runs."""
     out = []
 
@@ -154,10 +154,10 @@ def op_findings(row: pd.Series, thresholds: Thresholds) -> list[Finding]:
     if row["_merge"] == "right_only":
         add("new", "op only in NEW", False)
         return out
-    for column in CHECKED:
+    for column in checked:
         b, n = row[f"{column}_b"], row[f"{column}_n"]
         if not (pd.isna(b) and pd.isna(n)) and (pd.isna(b) or pd.isna(n) or b != n):
-            add("counter", f"{column} {fmt_count(b)} -> {fmt_count(n)}")
+            add("counter", f"{column} {fmt_value(column, b)} -> {fmt_value(column, n)}")
     if thresholds.error and row["cliff_n"] and not row["cliff_b"]:
         add("error", f"max_abs_error {fmt_error(row['max_abs_error_n'])} above tolerance "
                      f"{fmt_error(row['tolerance_n'])} (BASE {fmt_error(row['max_abs_error_b'])})")  # fmt: skip

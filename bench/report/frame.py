@@ -1,8 +1,8 @@
 """Shared, matplotlib-free preparation of a results frame for the report, its plots and the compare gate.
 
-Rows come from `bench.results.load`. Columns only some backends write (`depth`, `n_bits`,
-`est_lan_s`, ...) are optional: `tidy` adds them as NaN so that no caller has to check, and
-derives the per-cell facts every consumer needs (accuracy cliff, insecure parameters, labels).
+Rows come from `bench.results.load`; what each column is comes from the registry (`bench.columns`).
+`tidy` adds the columns a run lacks as NaN and derives the per-cell facts every consumer needs
+(accuracy cliff, insecure parameters, labels).
 """
 
 from __future__ import annotations
@@ -16,42 +16,39 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.columns import registry
 from bench.results import ROWS_FILE, load
 
 SIZES = ("seq_len", "d_model", "n_heads", "d_ff", "lora_rank")
 MATCH = ("workload", "variant", *SIZES)  # one workload point: the join key with plaintext for overhead
 KEY = ("backend", *MATCH, "backend_cfg", "workload_cfg")  # a cell across runs: no run_id, no harness config
-COUNTERS = ("pbs", "rounds", "comm_bytes", "ct_bytes", "key_bytes", "depth")
-EXTRA_COUNTERS = ("security_bits", "comm_bytes_p0", "comm_bytes_p1")  # also deterministic when present
-SETUP_PARTS = ("compile_s", "keygen_s", "party_start_s")
-NUMERIC = (
-    "latency_s", "latency_iqr_s", "repeats", "setup_s", *COUNTERS, *EXTRA_COUNTERS, "max_abs_error",
-    "max_rel_error", "tolerance", "n_bits", "est_lan_s", "est_wan_s", *SETUP_PARTS, "cell_wall_s",
-)  # fmt: skip
-FLAGS = ("estimated", "isolated")
-TEXT = ("run_id", "cell_id", "backend", "workload", "variant", "backend_cfg", "workload_cfg", "op", "status",
-        "error", "finished_at")  # fmt: skip
 SECURE_BITS = 128
 PLAINTEXT = "plaintext"
-BACKEND_ORDER = ("plaintext", "tenseal", "concrete", "crypten")
 SIZE_NAMES = {"seq_len": "seq", "d_model": "d", "n_heads": "h", "d_ff": "ff", "lora_rank": "r"}
 
 
 def tidy(frame: pd.DataFrame) -> pd.DataFrame:
-    """A copy with every optional column present and typed, plus `cliff`, `insecure` and label columns."""
-    frame = frame.copy().reset_index(drop=True)
-    for column in (*TEXT, *SIZES, *NUMERIC, *FLAGS, "accurate"):
-        if column not in frame:
-            frame[column] = None
-    frame[list(NUMERIC + SIZES)] = frame[list(NUMERIC + SIZES)].apply(pd.to_numeric, errors="coerce")
-    for column in FLAGS:
+    """A copy with every registered column present and typed (a column no backend of the run fills is
+    NaN, so no caller has to check), plus `cliff`, `insecure` and label columns."""
+    catalogue = registry()
+    missing = [c.name for c in catalogue if "*" not in c.name and c.name not in frame]
+    frame = frame.reset_index(drop=True)
+    frame = pd.concat([frame, pd.DataFrame(None, index=frame.index, columns=missing)], axis=1)
+    numeric = [c for c in frame.columns if catalogue.numeric(c)]
+    frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")
+    for column in catalogue.select(frame.columns, kind="flag"):
         frame[column] = frame[column].eq(True)
     frame["variant"] = frame["variant"].fillna("")
     # an accuracy cliff: the row says so, or its error is above its tolerance
     frame["cliff"] = frame["accurate"].eq(False) | (frame["max_abs_error"] > frame["tolerance"])
-    low = frame["security_bits"] < SECURE_BITS  # per cell: op rows may lack the cell-level figure
+    low = frame["security_bits"] < SECURE_BITS  # a cell-level figure: on the total row
     frame["insecure"] = low.groupby([frame["run_id"], frame["cell_id"]], dropna=False).transform("any").astype(bool)
-    return add_labels(frame)
+    return add_labels(frame).copy()  # one block per dtype again: the frame is wide
+
+
+def present(frame: pd.DataFrame, **criteria: object) -> list[str]:
+    """Registered columns of `frame` matching `criteria` (see `Catalogue.select`) that hold a value."""
+    return [c for c in registry().select(frame.columns, **criteria) if frame[c].notna().any()]
 
 
 def add_labels(frame: pd.DataFrame) -> pd.DataFrame:
@@ -144,7 +141,8 @@ def select_run(frame: pd.DataFrame, path: str | Path) -> tuple[pd.DataFrame, str
 
 
 def backend_rank(name: str) -> tuple[int, str]:
-    return (BACKEND_ORDER.index(name), "") if name in BACKEND_ORDER else (len(BACKEND_ORDER), str(name))
+    """Plaintext (the floor) first, then by name."""
+    return (0 if name == PLAINTEXT else 1, str(name))
 
 
 def sort_cells(frame: pd.DataFrame) -> pd.DataFrame:
@@ -206,6 +204,15 @@ def fmt_count(value: float) -> str:
     if value is None or not math.isfinite(value):
         return "–"
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:.3g}"
+
+
+def fmt_value(column: str, value: Any) -> str:
+    """A value in its column's unit: bytes and seconds in human units, counts with separators."""
+    spec = registry().lookup(column)
+    unit = spec.unit if spec else "text"
+    if unit in ("text", "bool"):
+        return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+    return {"bytes": fmt_bytes, "s": fmt_seconds}.get(unit, fmt_count)(value)
 
 
 def fmt_error(value: float) -> str:

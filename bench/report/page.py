@@ -30,6 +30,7 @@ from bench.report.tables import (
     insecure_table,
     latency_pivot,
     status_table,
+    summary_table,
 )
 from bench.results import row_files
 
@@ -89,6 +90,9 @@ def document(frame: pd.DataFrame, run_id: str, path: Path, manifests: dict, plot
     for plot in plots:
         blocks += [("h3", plot.title), ("img", plot)]
     blocks.append(("h2", "Tables"))
+    cells = summary_table(frame)
+    if cells is not None:
+        blocks += [("h3", "Cells: totals, sizes, estimates and output error"), ("table", cells)]
     for workload in frame.loc[frame["status"] == "ok", "workload"].unique():
         blocks += [
             ("h3", f"{workload}: latency per op (median over repeats)"),
@@ -167,7 +171,9 @@ h1{font-size:1.6em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-to
 table{border-collapse:collapse;font-size:13px}
 th,td{border:1px solid #ccc;padding:3px 7px;text-align:right;white-space:nowrap;vertical-align:top}
 th{background:#f3f3f3}th:first-child,td:first-child{text-align:left}
-td:first-child{white-space:normal;min-width:14em;max-width:30em}
+/* labels wrap at spaces; a run without spaces wider than the cell (a variant list such as
+[softmax=power,norm=exact,...]) breaks inside it instead of running over the next column */
+td:first-child{white-space:normal;overflow-wrap:break-word;min-width:14em;max-width:30em}
 td.lines{white-space:pre}
 td.wrap{white-space:normal;text-align:left;min-width:30em}
 td.cliff{background:#d62728;color:#fff;font-weight:bold}

@@ -44,10 +44,11 @@ KINDS = (
     Kind("overhead", "Overhead against plaintext", latency.overhead,
          "Each backend's total online latency divided by plaintext's for the same workload, variant and sizes."),
     Kind("communication", "Communication", counters.communication,
-         "Bytes and rounds per op (all parties), and estimated online time on LAN and WAN from the "
-         "backend's cost model next to the time measured with all parties on one machine."),
-    Kind("counters", "PBS and depth per op", counters.counters,
-         "Programmable bootstraps per op (TFHE) and multiplicative depth consumed per op (CKKS)."),
+         "Bytes and rounds per op (all parties, both ways), and the estimated online time on each network "
+         "preset next to the time measured with all parties on one machine."),
+    Kind("counters", "Counters per op", counters.counters,
+         "Every other deterministic per-op counter the backends declare: programmable bootstraps (TFHE), "
+         "multiplicative depth and rotations (CKKS), ... (docs/metrics.md lists them)."),
     Kind("accuracy", "Accuracy", counters.accuracy,
          "Max absolute error of each op's revealed output against the float64 reference; dashed lines are "
          "tolerances, red crosses mark ops above tolerance (accuracy cliffs)."),

@@ -1,4 +1,4 @@
-"""Counter and accuracy plot kinds: communication (MPC), PBS and depth per op (TFHE, CKKS), error.
+"""Counter and accuracy plot kinds: communication, the other per-op counters (PBS, depth, ...), error.
 
 Each function takes the tidy frame (`bench.report.frame.tidy`) and returns a figure, or None when the run
 has nothing to show for that kind.
@@ -12,9 +12,11 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from bench.report.frame import fmt_seconds, op_order, representative, size_point, sort_cells, tags
+from bench.columns import registry
+from bench.report.frame import fmt_seconds, op_order, present, representative, size_point, sort_cells, tags
 from bench.report.style import (
     CLIFF,
+    HATCHES,
     MARKERS,
     cell_ticks,
     colour,
@@ -26,12 +28,13 @@ from bench.report.style import (
     wrap,
 )
 
-PER_OP = {  # column: (what, unit, note)
-    "comm_bytes": ("bytes sent per op", "B", "all parties"),
-    "rounds": ("communication rounds per op", "n", "MPC"),
-    "pbs": ("programmable bootstraps per op", "n", "TFHE"),
-    "depth": ("multiplicative depth per op", "n", "CKKS"),
-}
+AXIS_UNITS = {"bytes": "B", "s": "s"}  # other units are counts
+
+
+def per_op_counters(frame: pd.DataFrame, kind: str) -> list[str]:
+    """Registered per-op columns of `kind` with data (families like `comm_bytes_*` left out: their
+    members are parts of a column shown)."""
+    return [c for c in present(ok_ops(frame), scope="op", kind=kind) if "*" not in registry().lookup(c).name]
 
 
 def ok_ops(frame: pd.DataFrame) -> pd.DataFrame:
@@ -51,32 +54,35 @@ def per_op_panels(frame: pd.DataFrame, columns: tuple[str, ...]) -> list:
 
 
 def per_op_panel(ax: Axes, column: str, workload: str, rows: pd.DataFrame) -> None:
-    what, unit, note = PER_OP[column]
-    op_bars(ax, rows, column, unit, label=lambda row: row["series"])
-    ax.set_title(f"{workload}: {what} ({note}; {size_point(rows)})", loc="left", fontsize=10)
-    ax.set_xlabel({"B": "bytes", "n": "count"}[unit] + (" (log)" if ax.get_xscale() == "log" else ""))
+    spec = registry().lookup(column)
+    op_bars(ax, rows, column, AXIS_UNITS.get(spec.unit, "n"), label=lambda row: row["series"])
+    ax.set_title(f"{workload}: {column} per op ({size_point(rows)})", loc="left", fontsize=10)
+    ax.set_xlabel(spec.unit + (" (log)" if ax.get_xscale() == "log" else ""))
     legend_right(ax)
 
 
 def communication(frame: pd.DataFrame) -> Figure | None:
-    """Bytes and rounds per op (MPC; HE upload / download too), and the estimated LAN / WAN times."""
-    panels = per_op_panels(frame, ("comm_bytes", "rounds"))
+    """Communication per op (bytes, rounds: every `communication` counter), and the estimated online
+    time on each network next to the measured one."""
+    panels = per_op_panels(frame, per_op_counters(frame, "communication"))
     est = frame[(frame["status"] == "ok") & (frame["op"] == "total")]
-    est = sort_cells(est[est[["est_lan_s", "est_wan_s"]].notna().any(axis=1)])
+    networks = [c for c in present(est, kind="estimate") if registry().lookup(c).name == "est_*_s"]
+    est = sort_cells(est[est[networks].notna().any(axis=1)]) if networks else est.iloc[:0]
     if not est.empty:
-        panels.append((max(3.0, panel_height(est["cell"], per_bar=0.5)), lambda ax: network_panel(ax, est)))
+        panels.append((max(3.0, panel_height(est["cell"], per_bar=0.5)), lambda ax: network_panel(ax, est, networks)))
     return grid(panels, ncols=1) if panels else None
 
 
-def network_panel(ax: Axes, est: pd.DataFrame) -> None:
+def network_panel(ax: Axes, est: pd.DataFrame, networks: list[str]) -> None:
     y = np.arange(len(est))
     cols = [colour(b) for b in est["backend"]]
-    for offset, column, hatch, name in ((-0.27, "latency_s", "", "measured (one machine)"),
-                                        (0.0, "est_lan_s", "..", "estimated LAN"),
-                                        (0.27, "est_wan_s", "//", "estimated WAN")):  # fmt: skip
+    series = [("latency_s", "measured (one machine)"), *((c, f"estimated {c[4:-2].upper()}") for c in networks)]
+    width = 0.8 / len(series)
+    for i, (column, name) in enumerate(series):
         alpha = 0.35 if column == "latency_s" else 0.9
-        bars = ax.barh(y + offset, est[column], height=0.26, color=cols, hatch=hatch, alpha=alpha,
-                       edgecolor="black", linewidth=0.3, label=name)  # fmt: skip
+        offset = (i - (len(series) - 1) / 2) * width
+        bars = ax.barh(y + offset, est[column], height=width, color=cols, hatch=HATCHES[i % len(HATCHES)],
+                       alpha=alpha, edgecolor="black", linewidth=0.3, label=name)  # fmt: skip
         ax.bar_label(bars, labels=[time_label(v) for v in est[column]], fontsize=7, padding=2)
     cell_ticks(ax, list(est["cell"]), list(est["backend"]))
     ax.set_xscale("log")
@@ -92,8 +98,8 @@ def time_label(value: float) -> str:
 
 
 def counters(frame: pd.DataFrame) -> Figure | None:
-    """PBS per op (TFHE) and multiplicative depth per op (CKKS)."""
-    panels = per_op_panels(frame, ("pbs", "depth"))
+    """Every other per-op counter with data: PBS (TFHE), depth and rotations (CKKS), ..."""
+    panels = per_op_panels(frame, per_op_counters(frame, "counter"))
     return grid(panels, ncols=1) if panels else None
 
 

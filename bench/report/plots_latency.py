@@ -16,13 +16,13 @@ from matplotlib.patches import Patch
 from bench.report.frame import (
     MATCH,
     PLAINTEXT,
-    SETUP_PARTS,
     SIZE_NAMES,
     SIZES,
     backend_rank,
     fmt_int,
     fmt_seconds,
     op_order,
+    present,
     representative,
     size_point,
     sort_cells,
@@ -184,12 +184,12 @@ def setup(frame: pd.DataFrame) -> Figure | None:
     tot = tot[tot["setup_s"] > 0]
     if tot.empty:
         return None
-    parts = tot[tot[list(SETUP_PARTS)].notna().any(axis=1)]
+    components = present(tot, scope="cell", kind="setup")
+    parts = tot[tot[components].notna().any(axis=1)] if components else tot.iloc[:0]
     panels = [(5.5, lambda ax: setup_scatter(ax, tot))]
     if not parts.empty:
-        panels.append(
-            (max(3.0, panel_height(parts["cell"] + " — setup 1 s")), lambda ax: setup_parts(ax, sort_cells(parts)))
-        )
+        height = max(3.0, panel_height(parts["cell"] + " — setup 1 s"))
+        panels.append((height, lambda ax: setup_parts(ax, sort_cells(parts), components)))
     return grid(panels, ncols=1)
 
 
@@ -219,13 +219,13 @@ def setup_scatter(ax: Axes, tot: pd.DataFrame) -> None:
     ax.legend(loc="lower right", frameon=False)
 
 
-def setup_parts(ax: Axes, parts: pd.DataFrame) -> None:
-    known = parts[list(SETUP_PARTS)].fillna(0.0)
+def setup_parts(ax: Axes, parts: pd.DataFrame, components: list[str]) -> None:
+    known = parts[components].fillna(0.0)
     other = (parts["setup_s"] - known.sum(axis=1)).clip(lower=0.0)
     stack = known.assign(other_s=other)
     y, left = np.arange(len(parts)), np.zeros(len(parts))
     used, names = [], []
-    for column, hatch in zip(stack.columns, ("", "//", "..", "xx"), strict=True):
+    for column, hatch in zip(stack.columns, HATCHES, strict=False):
         if stack[column].sum() <= 0:
             continue
         used.append(hatch)

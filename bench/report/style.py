@@ -18,7 +18,8 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from bench.report.frame import backend_rank, fmt_bytes, fmt_count, fmt_seconds, op_order  # noqa: E402
+import backends  # noqa: E402
+from bench.report.frame import PLAINTEXT, backend_rank, fmt_bytes, fmt_count, fmt_seconds, op_order  # noqa: E402
 
 STYLE = {  # applied around all drawing by bench.plots.draw_all
     "font.size": 10, "axes.titlesize": 11, "axes.titleweight": "bold", "axes.labelsize": 10, "legend.fontsize": 8.5,
@@ -26,8 +27,8 @@ STYLE = {  # applied around all drawing by bench.plots.draw_all
     "axes.spines.right": False, "figure.dpi": 100, "savefig.dpi": 100,
 }  # fmt: skip
 WIDTH = 12.0  # inches: 1200 px at 100 dpi, the report's page width
-BACKEND_COLOURS = {"plaintext": "#7f7f7f", "tenseal": "#1f77b4", "concrete": "#ff7f0e", "crypten": "#2ca02c"}
-SPARE_COLOURS = ("#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79")
+PLAINTEXT_COLOUR = "#7f7f7f"
+PALETTE = ("#ff7f0e", "#2ca02c", "#1f77b4", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79")
 CLIFF = "#d62728"  # red is reserved for "above tolerance"
 HATCHES = ("", "//", "..", "xx", "\\\\", "++", "--", "oo")
 MARKERS = ("o", "s", "^", "D", "v", "P", "*", "<", ">")
@@ -35,9 +36,12 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "*", "<", ">")
 
 def colour(backend: str) -> str:
     """The backend's colour, the same in every plot and every report."""
-    if backend in BACKEND_COLOURS:
-        return BACKEND_COLOURS[backend]
-    return SPARE_COLOURS[zlib.crc32(str(backend).encode()) % len(SPARE_COLOURS)]
+    if backend == PLAINTEXT:
+        return PLAINTEXT_COLOUR
+    builtin = [n for n in backends.names(plugins=False) if n != PLAINTEXT]  # fixed per version of the code
+    if backend in builtin:
+        return PALETTE[builtin.index(backend) % len(PALETTE)]
+    return PALETTE[zlib.crc32(str(backend).encode()) % len(PALETTE)]
 
 
 def figure(heights: Sequence[float], ncols: int = 1, width: float = WIDTH) -> tuple[Figure, list[Axes]]:

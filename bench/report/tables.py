@@ -9,14 +9,15 @@ from typing import Any
 
 import pandas as pd
 
+from bench.columns import TOTAL, registry
 from bench.report.frame import (
-    COUNTERS,
     backend_rank,
-    fmt_bytes,
     fmt_count,
     fmt_error,
     fmt_seconds,
+    fmt_value,
     op_order,
+    present,
     sort_cells,
 )
 
@@ -91,7 +92,7 @@ def latency_text(row: Any) -> str:
 def latency_pivot(frame: pd.DataFrame, workload: str) -> Table:
     """Cells x ops of median latency, then setup and repeats; cliffs and insecure cells marked."""
     rows = ok_rows(frame, workload)
-    cells = rows.drop_duplicates("cell_id")
+    cells = rows[rows["op"] == TOTAL]
     ops = op_order(rows["op"])
     data = by_op(rows, [latency_text(r) for r in rows.itertuples()], cells["cell_id"], ops)
     marks = by_op(rows, list(rows["cliff"].map({True: "cliff", False: ""})), cells["cell_id"], ops)
@@ -102,39 +103,37 @@ def latency_pivot(frame: pd.DataFrame, workload: str) -> Table:
     return Table(data, marks, list(cells["insecure"].map({True: "insecure", False: ""})), "cell")
 
 
-def counter_text(row: pd.Series) -> str:
-    parts = [f"{name} {fmt_count(row[c])}" for name, c in (("pbs", "pbs"), ("rounds", "rounds"), ("depth", "depth"))
-             if pd.notna(row[c])]  # fmt: skip
-    if pd.notna(row["comm_bytes"]):
-        split = [fmt_bytes(row[c]) for c in ("comm_bytes_p0", "comm_bytes_p1") if pd.notna(row[c])]
-        parts.append(f"comm {fmt_bytes(row['comm_bytes'])}" + (f" ({' / '.join(split)})" if split else ""))
-    if pd.notna(row["ct_bytes"]):
-        parts.append(f"ct {fmt_bytes(row['ct_bytes'])}")
-    return "\n".join(parts)
+def counter_text(row: pd.Series, columns: list[str], parts: dict[str, list[str]]) -> str:
+    """One line per counter with a value, its parts (per party, per direction) in parentheses."""
+    lines = []
+    for column in columns:
+        if pd.notna(row[column]):
+            split = [f"{p[len(column) + 1 :]} {fmt_value(p, row[p])}" for p in parts[column] if pd.notna(row[p])]
+            lines.append(f"{column} {fmt_value(column, row[column])}" + (f" ({' / '.join(split)})" if split else ""))
+    return "\n".join(lines)
 
 
 def counter_pivot(frame: pd.DataFrame, workload: str) -> Table | None:
-    """Cells x ops of the deterministic counters, then the cell-level key size, security and n_bits."""
+    """Cells x ops of the deterministic per-op counters, then the cell's deterministic sizes and security."""
     rows = ok_rows(frame, workload)
-    rows = rows[rows["cell_id"].isin(rows.loc[rows[list(COUNTERS)].notna().any(axis=1), "cell_id"])]
+    counted = present(rows, scope="op", deterministic=True)
+    columns = [c for c in counted if "*" not in registry().lookup(c).name]
+    rows = rows[rows["cell_id"].isin(rows.loc[rows[columns].notna().any(axis=1), "cell_id"])] if columns else rows[:0]
     if rows.empty:
         return None
-    cells = rows.drop_duplicates("cell_id")
-    total = rows[rows["op"] == "total"].set_index("cell_id").reindex(cells["cell_id"])
+    parts = {c: [p for p in counted if p.startswith(c + "_") and p not in columns] for c in columns}
+    cells = rows[rows["op"] == TOTAL]
     ops = op_order(rows["op"])
-    data = by_op(rows, [counter_text(r) for _, r in rows.iterrows()], cells["cell_id"], ops)
+    data = by_op(rows, [counter_text(r, columns, parts) for _, r in rows.iterrows()], cells["cell_id"], ops)
     marks = pd.DataFrame("", index=data.index, columns=data.columns)
-    for name, column, fmt in (("keys", "key_bytes", fmt_bytes), ("security bits", "security_bits", fmt_count),
-                              ("n_bits", "n_bits", fmt_count)):  # fmt: skip
-        if total[column].notna().any():
-            data[name] = list(total[column].map(fmt))
-            marks[name] = ""
-    if "security bits" in data:
-        low = list(total["insecure"].fillna(False))
-        data["security bits"] = [
-            f"⚠INSECURE {v}" if bad else v for v, bad in zip(data["security bits"], low, strict=True)
-        ]
-        marks["security bits"] = ["insecure" if bad else "" for bad in low]
+    for column in [*present(cells, scope="cell", kind="size"), *present(cells, scope="cell", kind="security")]:
+        data[column] = list(cells[column].map(lambda v, c=column: fmt_value(c, v)))
+        marks[column] = ""
+    if "security_bits" in data:
+        low = list(cells["insecure"])
+        bits = zip(data["security_bits"], low, strict=True)
+        data["security_bits"] = [f"⚠INSECURE {v}" if bad else v for v, bad in bits]
+        marks["security_bits"] = ["insecure" if bad else "" for bad in low]
     data.index = list(cells["row"])
     return Table(data, marks, list(cells["insecure"].map({True: "insecure", False: ""})), "cell", lines=True)
 
@@ -185,3 +184,28 @@ def status_table(frame: pd.DataFrame) -> Table:
         if column in counts:
             marks[column] = ["bad" if n else "" for n in counts[column]]
     return Table(data, marks, index_name="backend")
+
+
+def summary_table(frame: pd.DataFrame) -> Table | None:
+    """One line per ok cell: total latency, setup, the totals of every deterministic per-op counter, the
+    cell's sizes, the estimates (network times, cost models) and the output error (cliffs and insecure
+    cells marked)."""
+    cells = sort_cells(frame[(frame["status"] == "ok") & (frame["op"] == TOTAL)])
+    if cells.empty:
+        return None
+    catalogue = registry()
+    counters = [c for c in present(cells, scope="op", deterministic=True) if "*" not in catalogue.lookup(c).name]
+    columns = [*counters, *present(cells, scope="cell", kind="size"), *present(cells, kind="estimate")]
+    data = pd.DataFrame(
+        {
+            "latency": [latency_text(r) for r in cells.itertuples()],
+            "setup": list(cells["setup_s"].map(fmt_seconds)),
+            **{c: [fmt_value(c, v) for v in cells[c]] for c in columns},
+            "max abs error": list(cells["max_abs_error"].map(fmt_error)),
+            "tolerance": list(cells["tolerance"].map(fmt_error)),
+        },
+        index=list(cells["cell"]),
+    )
+    marks = pd.DataFrame("", index=data.index, columns=data.columns)
+    marks["max abs error"] = list(cells["cliff"].map({True: "cliff", False: ""}))
+    return Table(data, marks, list(cells["insecure"].map({True: "insecure", False: ""})), "cell")

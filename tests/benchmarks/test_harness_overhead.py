@@ -4,9 +4,10 @@
 the op timer (sync, clock, counter deltas), reveal. The accuracy check that follows each run
 (~0.1 ms at this size) is the harness's checking work, outside the timed run, and not included.
 
-`make benchmark` times both with pytest-benchmark (group `harness-overhead`); the ratio test
-below asserts the issue's bound with its own min-of-rounds timing, so it also holds in `make test`
-where pytest-benchmark is disabled.
+`make benchmark` times both with pytest-benchmark (group `harness-overhead`) and asserts the bound
+with its own timing: interleaved single runs (so a load spike hits both sides alike), the fastest of
+each, the best of several trials. A wall-clock bound has no place in `make test` on a shared machine:
+there the ratio test is skipped, like every benchmark.
 """
 
 from time import perf_counter
@@ -44,17 +45,21 @@ def test_through_harness(benchmark, head):
     benchmark(head[1])
 
 
-def best_of(fn, rounds: int) -> float:
-    best = float("inf")
+def fastest_interleaved(a, b, rounds: int) -> tuple[float, float]:
+    """The fastest of `rounds` runs of each, alternating a and b."""
+    best = [float("inf"), float("inf")]
     for _ in range(rounds):
-        start = perf_counter()
-        fn()
-        best = min(best, perf_counter() - start)
-    return best
+        for i, fn in enumerate((a, b)):
+            start = perf_counter()
+            fn()
+            best[i] = min(best[i], perf_counter() - start)
+    return best[0], best[1]
 
 
-def test_harness_within_1_2x_of_direct_torch(head):
+def test_harness_within_1_2x_of_direct_torch(head, request):
+    if not request.config.getoption("benchmark_enable"):
+        pytest.skip("a wall-clock bound: run by `make benchmark`")
     direct, harness = head
-    best_of(direct, 3), best_of(harness, 3)  # warm caches
-    ratios = [best_of(harness, 20) / best_of(direct, 20) for _ in range(3)]
+    fastest_interleaved(direct, harness, 3)  # warm caches
+    ratios = [h / d for d, h in (fastest_interleaved(direct, harness, 20) for _ in range(3))]
     assert min(ratios) <= 1.2, ratios
