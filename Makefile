@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: setup bench test test-slow benchmark baseline lint clean clean-cache
+.PHONY: setup bench test test-slow benchmark baseline docs lint clean clean-cache
 
 setup: $(STAMP)
 
@@ -26,15 +26,21 @@ bench: setup
 test: setup
 	$(BIN)/pytest
 
+# the report tests drive Debian's Chromium headless (installed here if missing; needs root)
 test-slow: setup
+	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium)
 	$(BIN)/pytest -m slow
 
 benchmark: setup
 	$(BIN)/pytest tests/benchmarks --benchmark-enable --benchmark-autosave
 
+# the quick sweep again into results/baseline/ (commit it after an intended change), and the pages it feeds
 baseline: setup
-	rm -rf results/baseline
-	$(BIN)/encbench run_id=baseline report=false progress=false
+	$(BIN)/encbench-docs --measure baseline
+
+# docs/metrics.md, docs/results.md and README's headline, from the code and the committed results
+docs: setup
+	$(BIN)/encbench-docs
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
