@@ -20,56 +20,67 @@ from backends.base import Column
 TOTAL = "total"  # the op name of a cell's summary row
 
 
-def _c(name, unit, scope, meaning, kind, deterministic=False):
-    return Column(name, unit, scope, meaning, deterministic, kind)
+def _of_kind(kind: str, *columns: tuple[str, str, str, str]) -> tuple[Column, ...]:
+    return tuple(Column(name, unit, scope, meaning, kind=kind) for name, unit, scope, meaning in columns)
 
 
 HARNESS = (
-    _c("run_id", "text", "row", "the run (`YYYYmmdd-HHMMSS` or the name given as `run_id=`); a sweep's jobs share it",
-       "identity"),
-    _c("cell_id", "text", "row", "12 hex digits hashing the backend, workload and harness config", "identity"),
-    _c("schema_version", "count", "row", "version of this row layout (`bench.load` reads older ones)", "identity"),
-    _c("backend", "text", "row", "backend name", "identity"),
-    _c("workload", "text", "row", "workload name", "identity"),
-    _c("variant", "text", "row", "the workload's variant switches (`softmax=power`); empty if it has none", "identity"),
-    _c("seq_len", "count", "row", "tokens", "identity"),
-    _c("d_model", "count", "row", "model width", "identity"),
-    _c("n_heads", "count", "row", "attention heads", "identity"),
-    _c("d_ff", "count", "row", "MLP width (4 d_model unless set)", "identity"),
-    _c("lora_rank", "count", "row", "LoRA rank", "identity"),
-    _c("backend_cfg", "text", "row", "the backend's full config (JSON), so rows describe themselves", "identity"),
-    _c("workload_cfg", "text", "row", "the workload's full config (JSON)", "identity"),
-    _c("op", "text", "row", "`protect` (encrypt / share), a workload op (`qk_matmul`, `attn.softmax`, ...), "
-       "`reveal` (decrypt / reconstruct), or `total` (the cell)", "identity"),
-    _c("finished_at", "text", "row", "when the cell's rows were written (ISO time); `load` keeps a cell's latest "
-       "attempt", "identity"),
-    _c("status", "text", "row", "`ok`, `skipped` (the backend cannot run the cell or is not installed), `error` "
-       "(it raised or crashed) or `timeout` (over `harness.timeout_s`)", "identity"),
-    _c("error", "text", "cell", "the one-line reason for any status but `ok`", "identity"),
-    _c("latency_s", "s", "row", "median over repeats of the op's time; on `total`, of the whole online run "
-       "(protect + ops + reveal)", "latency"),
-    _c("latency_iqr_s", "s", "row", "inter-quartile range over repeats; empty with one repeat", "latency"),
-    _c("repeats", "count", "row", "timed repeats behind the median (fewer than `harness.repeats` when "
-       "`harness.budget_s` ran out)", "latency"),
-    _c("setup_s", "s", "cell", "keygen / compile / party start / weight loading, once per cell, outside "
-       "`latency_s`", "latency"),
-    _c("cell_wall_s", "s", "cell", "wall time of the whole cell: setup, warm-ups, repeats, error run", "latency"),
-    _c("max_abs_error", "value", "row", "max |revealed - float64 reference| over the op's output; on `total`, the "
-       "final output's, worst over all repeats", "accuracy"),
-    _c("max_rel_error", "ratio", "row", "`max_abs_error / max |reference|`", "accuracy"),
-    _c("tolerance", "value", "row", "bound on `max_abs_error`: `workload.tolerance`, else the backend's default",
-       "accuracy"),
-    _c("accurate", "bool", "row", "`max_abs_error <= tolerance`; false marks an accuracy cliff", "accuracy"),
-    _c("inaccurate_repeats", "count", "cell", "timed repeats whose output error exceeded the tolerance (MPC "
-       "truncation failures are per run: 1 of 5 is a flaky cell, 5 of 5 a broken one)", "accuracy"),
-    _c("insecure", "bool", "cell", "`security_bits` below 128 (allowed only by the backend's `allow_insecure`)",
-       "flag"),
-    _c("estimated", "bool", "row", "the row's latency is modelled (a cost model), not a measured execution", "flag"),
-    _c("isolated", "bool", "row", "the op's latency comes from the op compiled (and run) as a circuit of its own, "
-       "not a slice of the fused run", "flag"),
-    _c("est_*_s", "s", "row", "estimated online time on network `*` (`conf/network/`): `latency_s + rounds * rtt + "
-       "busiest_bytes * 8 / bandwidth`, busiest_bytes the largest `comm_bytes_*` (else `comm_bytes`); only on rows "
-       "with rounds and bytes", "estimate"),
+    *_of_kind(
+        "identity",
+        ("run_id", "text", "row", "the run (`YYYYmmdd-HHMMSS`, or as given by `run_id=`); a sweep's jobs share it"),
+        ("cell_id", "text", "row", "12 hex digits hashing the backend, workload and harness config"),
+        ("schema_version", "count", "row", "version of this row layout (`bench.load` reads older ones)"),
+        ("backend", "text", "row", "backend name"),
+        ("workload", "text", "row", "workload name"),
+        ("variant", "text", "row", "the workload's variant switches (`softmax=power`); empty if it has none"),
+        ("seq_len", "count", "row", "tokens"),
+        ("d_model", "count", "row", "model width"),
+        ("n_heads", "count", "row", "attention heads"),
+        ("d_ff", "count", "row", "MLP width (4 d_model unless set)"),
+        ("lora_rank", "count", "row", "LoRA rank"),
+        ("backend_cfg", "text", "row", "the backend's full config (JSON), so rows describe themselves"),
+        ("workload_cfg", "text", "row", "the workload's full config (JSON)"),
+        ("op", "text", "row", "`protect` (encrypt / share), a workload op (`qk_matmul`, `attn.softmax`, ...), "
+         "`reveal` (decrypt / reconstruct), or `total` (the cell)"),
+        ("finished_at", "text", "row", "when the cell's rows were written (ISO time); `load` keeps a cell's latest "
+         "attempt"),
+        ("status", "text", "row", "`ok`, `skipped` (the backend cannot run the cell or is not installed), `error` "
+         "(it raised or crashed) or `timeout` (over `harness.timeout_s`)"),
+        ("error", "text", "cell", "the one-line reason for any status but `ok`"),
+    ),
+    *_of_kind(
+        "latency",
+        ("latency_s", "s", "row", "median over repeats of the op's time; on `total`, of the whole online run "
+         "(protect + ops + reveal)"),
+        ("latency_iqr_s", "s", "row", "inter-quartile range over repeats; empty with one repeat"),
+        ("repeats", "count", "row", "timed repeats behind the median (fewer than `harness.repeats` when "
+         "`harness.budget_s` ran out)"),
+        ("setup_s", "s", "cell", "keygen / compile / party start / weight loading, once per cell, outside `latency_s`"),
+        ("cell_wall_s", "s", "cell", "wall time of the whole cell: setup, warm-ups, repeats, error run"),
+    ),
+    *_of_kind(
+        "accuracy",
+        ("max_abs_error", "value", "row", "max |revealed - float64 reference| over the op's output; on `total`, the "
+         "final output's, worst over all repeats"),
+        ("max_rel_error", "ratio", "row", "`max_abs_error / max |reference|`"),
+        ("tolerance", "value", "row", "bound on `max_abs_error`: `workload.tolerance`, else the backend's default"),
+        ("accurate", "bool", "row", "`max_abs_error <= tolerance`; false marks an accuracy cliff"),
+        ("inaccurate_repeats", "count", "cell", "timed repeats whose output error exceeded the tolerance (MPC "
+         "truncation failures are per run: 1 of 5 is a flaky cell, 5 of 5 a broken one)"),
+    ),
+    *_of_kind(
+        "flag",
+        ("insecure", "bool", "cell", "`security_bits` below 128 (allowed only by the backend's `allow_insecure`)"),
+        ("estimated", "bool", "row", "the row's latency is modelled (a cost model), not a measured execution"),
+        ("isolated", "bool", "row", "the op's latency comes from the op compiled (and run) as a circuit of its own, "
+         "not a slice of the fused run"),
+    ),
+    *_of_kind(
+        "estimate",
+        ("est_*_s", "s", "row", "estimated online time on network `*` (`conf/network/`): `latency_s + rounds * rtt "
+         "+ busiest_bytes * 8 / bandwidth`, busiest_bytes the largest `comm_bytes_*` (else `comm_bytes`); only on "
+         "rows with rounds and bytes"),
+    ),
 )  # fmt: skip
 
 

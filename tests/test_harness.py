@@ -180,3 +180,14 @@ def test_workload_tolerance_overrides_the_backend_default(softmax):
     rows = measure({"name": "attention_head", "softmax": softmax, "tolerance": 1e-30}, dtype="float32")
     assert rows[-1]["tolerance"] == 1e-30 and rows[-1]["accurate"] is False
     assert AttentionConfig().tolerance is None
+
+
+def test_load_brings_schema_1_rows_to_the_current_scopes():
+    """Schema 1 copied cell-level figures onto every op row (tests/golden: a run of that time)."""
+    frame = bench.load(Path(__file__).parent / "golden" / "results" / "20261122-073709" / "handmade" / "rows.jsonl")
+    assert (frame.schema_version == 1).all()
+    ops, totals = frame[frame.op != "total"], frame[(frame.op == "total") & (frame.status == "ok")]
+    assert ops[["setup_s", "key_bytes", "security_bits", "ct_bytes"]].isna().all().all()
+    he = totals[totals.backend.isin(["tenseal", "concrete"])]
+    assert he[["setup_s", "key_bytes", "security_bits"]].notna().all().all()
+    assert ops.groupby("cell_id").comm_bytes.sum().gt(0).any()  # per-op traffic stays where it was measured

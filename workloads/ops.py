@@ -5,7 +5,7 @@ A workload is one function over `Ops`; a backend supplies an `Ops` whose values 
 the harness compares every backend with, and the plaintext backend's implementation.
 
 Operands are *private* values (results of `Backend.protect` or of earlier ops), *weights* (results of
-`Backend.load_weights`) or public Python floats / torch tensors (masks, constants). A backend
+`Backend.setup`) or public Python floats / torch tensors (masks, constants). A backend
 dispatches on the operand kinds, since a private x private product costs far more than a private x
 weight one in every technology.
 """

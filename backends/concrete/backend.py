@@ -19,9 +19,9 @@ on-disk cache (`circuit`); latencies not executed come from the cost model (`cos
 Per op: `pbs` and `ks` from the compiler's per-tag statistics (each op runs inside `fhe.tag`), and,
 with `isolated_ops`, a latency from the op compiled as its own circuit; the fused circuit is timed as
 one op, `circuit`; `protect` uploads the input ciphertexts and `reveal` downloads the output's
-(`comm_bytes`). Cell level: `max_bit_width`, `p_error`, `global_p_error`, `complexity`, `key_bytes`
-(bootstrap + key-switch keys), `ct_bytes`, `security_bits` (Concrete's configured security level),
-`compile_s`, `keygen_s`. Every column is declared in `COLUMNS`.
+(`comm_bytes`, one round trip: `rounds`). Cell level: `max_bit_width`, `p_error`, `global_p_error`,
+`complexity`, `key_bytes` (bootstrap + key-switch keys), `ct_bytes`, `security_bits` (Concrete's
+configured security level), `compile_s`, `keygen_s`. Every column is declared in `COLUMNS`.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from backends.base import (
     KEY_BYTES,
     KEYGEN_S,
     PBS,
+    ROUNDS,
     SECURITY_BITS,
     Backend,
     BackendConfig,
@@ -61,7 +62,7 @@ STRATEGIES = ("multi", "mono")
 DEMO_CELL = ("attention_head", "softmax=exact")
 ISOLATED_RUNS = 2
 COLUMNS = (
-    PBS, COMM_BYTES, COMM_BYTES_SPLIT, CT_BYTES, KEY_BYTES, SECURITY_BITS, KEYGEN_S,
+    PBS, ROUNDS, COMM_BYTES, COMM_BYTES_SPLIT, CT_BYTES, KEY_BYTES, SECURITY_BITS, KEYGEN_S,
     Column("ks", "count", "op", "key switches of the op (Concrete's per-tag statistics)", True),
     Column("pbs_total", "count", "cell", "PBS of the whole circuit as Concrete counts them", True),
     Column("complexity", "count", "cell", "Concrete's price of all PBS and key switches: the cost model's input", True),
@@ -289,12 +290,9 @@ class ConcreteBackend(Backend):
         ops = {*self.per_tag, *self.isolated}
         per_op = {op: {**self.per_tag.get(op, {}), **self.isolated.get(op, {})} for op in ops}
         modelled = self.cfg.mode != "execute"  # protect / reveal quantize, encrypt only in execute mode
-        for op, way in (("protect", "up"), ("reveal", "down")):
-            per_op[op] = {
-                "comm_bytes": self.traffic[way],
-                f"comm_bytes_{way}": self.traffic[way],
-                "estimated": modelled,
-            }
+        up, down = self.traffic["up"], self.traffic["down"]
+        per_op["protect"] = {"comm_bytes": up, "comm_bytes_up": up, "estimated": modelled}
+        per_op["reveal"] = {"comm_bytes": down, "comm_bytes_down": down, "rounds": 1, "estimated": modelled}  # 1 trip
         per_op["circuit"] = {"est_fhe_s": self.estimate()}
         if modelled:  # the circuit's latency is the cost model's (its simulation time means nothing)
             per_op["circuit"].update(latency_s=self.estimate(), latency_iqr_s=float("nan"), estimated=True)

@@ -27,7 +27,7 @@ import yaml
 from bench.columns import HARNESS, filled_by, registry
 from bench.manifest import MANIFEST_FILE
 from bench.report.frame import ResultsError, read_run
-from bench.report.tables import Table, counter_pivot, failure_table, latency_pivot, summary_table
+from bench.report.tables import Table, cells_table, cells_tables, counter_pivot, failure_table, latency_pivot
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "docs" / "results.yaml"
@@ -56,7 +56,7 @@ class Run:
     title: str
     command: str
     about: str = ""
-    tables: tuple[str, ...] = ("summary", "ops")
+    tables: tuple[str, ...] = ("cells", "ops")
 
     @property
     def path(self) -> Path:
@@ -152,8 +152,8 @@ def run_section(run: Run) -> list[str]:
     if run.about:
         lines += [run.about.strip(), ""]
     blocks: list[tuple[str, Table | None]] = []
-    if "summary" in run.tables:
-        blocks.append(("Cells", summary_table(frame)))
+    if "cells" in run.tables:
+        blocks += [(f"{backend}: cells", table) for backend, table in cells_tables(frame)]
     if "ops" in run.tables:
         for workload in frame.loc[frame["status"] == "ok", "workload"].unique():
             blocks += [(f"{workload}: latency per op", latency_pivot(frame, workload)),
@@ -201,7 +201,7 @@ def headline(runs: list[Run], spec: dict[str, Any]) -> str:
     check_command(run)
     frame, _ = read_run(run.path)
     frame = frame[(frame["workload"] == spec["workload"]) & (frame["variant"] == spec["variant"])]
-    table = summary_table(frame)
+    table = cells_table(frame, spec.get("columns"))
     if table is None:
         raise DocsError(f"results/{run.run}/ have no ok cell of {spec['workload']} [{spec['variant']}]")
     return f"{spec['title']} (`{run.command}`, [all results](docs/results.md)):\n\n{table.to_markdown()}"

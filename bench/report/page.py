@@ -24,13 +24,13 @@ from bench.report.plots import Plot, draw_all
 from bench.report.tables import (
     MARKERS_NOTE,
     Table,
+    cells_tables,
     cliff_table,
     counter_pivot,
     failure_table,
     insecure_table,
     latency_pivot,
     status_table,
-    summary_table,
 )
 from bench.results import row_files
 
@@ -90,9 +90,8 @@ def document(frame: pd.DataFrame, run_id: str, path: Path, manifests: dict, plot
     for plot in plots:
         blocks += [("h3", plot.title), ("img", plot)]
     blocks.append(("h2", "Tables"))
-    cells = summary_table(frame)
-    if cells is not None:
-        blocks += [("h3", "Cells: totals, sizes, estimates and output error"), ("table", cells)]
+    for backend, cells in cells_tables(frame):
+        blocks += [("h3", f"{backend}: cells (totals, sizes, estimates, output error)"), ("table", cells)]
     for workload in frame.loc[frame["status"] == "ok", "workload"].unique():
         blocks += [
             ("h3", f"{workload}: latency per op (median over repeats)"),

@@ -186,16 +186,17 @@ def status_table(frame: pd.DataFrame) -> Table:
     return Table(data, marks, index_name="backend")
 
 
-def summary_table(frame: pd.DataFrame) -> Table | None:
+def cells_table(frame: pd.DataFrame, only: list[str] | None = None) -> Table | None:
     """One line per ok cell: total latency, setup, the totals of every deterministic per-op counter, the
     cell's sizes, the estimates (network times, cost models) and the output error (cliffs and insecure
-    cells marked)."""
+    cells marked); `only` keeps those of the middle columns."""
     cells = sort_cells(frame[(frame["status"] == "ok") & (frame["op"] == TOTAL)])
     if cells.empty:
         return None
     catalogue = registry()
     counters = [c for c in present(cells, scope="op", deterministic=True) if "*" not in catalogue.lookup(c).name]
     columns = [*counters, *present(cells, scope="cell", kind="size"), *present(cells, kind="estimate")]
+    columns = [c for c in columns if only is None or c in only]
     data = pd.DataFrame(
         {
             "latency": [latency_text(r) for r in cells.itertuples()],
@@ -209,3 +210,9 @@ def summary_table(frame: pd.DataFrame) -> Table | None:
     marks = pd.DataFrame("", index=data.index, columns=data.columns)
     marks["max abs error"] = list(cells["cliff"].map({True: "cliff", False: ""}))
     return Table(data, marks, list(cells["insecure"].map({True: "insecure", False: ""})), "cell")
+
+
+def cells_tables(frame: pd.DataFrame) -> list[tuple[str, Table]]:
+    """`cells_table` per backend (each fills its own columns), plaintext first."""
+    found = [(b, cells_table(rows)) for b, rows in frame.groupby("backend", sort=False)]
+    return sorted([(b, t) for b, t in found if t is not None], key=lambda bt: backend_rank(bt[0]))
