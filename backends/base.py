@@ -119,35 +119,22 @@ class Column:
 
 
 # The columns several technologies share; the harness relies on their meaning.
+# fmt: off
 PBS = Column("pbs", "count", "op", "programmable bootstraps (TFHE)", True)
 DEPTH = Column("depth", "levels", "op", "multiplicative depth the op consumed (CKKS)", True)
-ROUNDS = Column(
-    "rounds", "count", "op", "communication rounds (MPC: message exchanges; HE: round trips)", True, "communication"
-)
-COMM_BYTES = Column(
-    "comm_bytes", "bytes", "op", "bytes sent, each byte once: all parties (MPC), both ways (HE)", True, "communication"
-)
-COMM_BYTES_SPLIT = Column(
-    "comm_bytes_*",
-    "bytes",
-    "op",
-    "bytes sent by one party (`p0`, `p1`, ...) or in one direction (`up`: client to server, `down`)",
-    True,
-    "communication",
-)
+ROUNDS = Column("rounds", "count", "op", "communication rounds (MPC: message exchanges; HE: round trips)", True,
+                "communication")
+COMM_BYTES = Column("comm_bytes", "bytes", "op", "bytes sent, each byte once: all parties (MPC), both ways (HE)",
+                    True, "communication")
+COMM_BYTES_SPLIT = Column("comm_bytes_*", "bytes", "op", "bytes sent by one party (`p0`, `p1`, ...) or in one "
+                          "direction (`up`: client to server, `down`)", True, "communication")
 CT_BYTES = Column("ct_bytes", "bytes", "cell", "serialized input + output ciphertexts of one online run", True, "size")
 KEY_BYTES = Column("key_bytes", "bytes", "cell", "evaluation keys the server holds (made in setup)", True, "size")
-SECURITY_BITS = Column(
-    "security_bits",
-    "bits",
-    "cell",
-    "classical security of the HE parameters; below 128 only with the backend's "
-    "`allow_insecure`, and then marked insecure",
-    True,
-    "security",
-)
+SECURITY_BITS = Column("security_bits", "bits", "cell", "classical security of the HE parameters; below 128 only "
+                       "with the backend's `allow_insecure`, and then marked insecure", True, "security")
 KEYGEN_S = Column("keygen_s", "s", "cell", "key generation (as recorded when the keys were made)", kind="setup")
 APPROX = Column("approx", "text", "cell", "settings of the non-linearities' approximations", kind="parameter")
+# fmt: on
 
 
 @dataclass(frozen=True)

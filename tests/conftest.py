@@ -14,7 +14,7 @@ TEST_BACKENDS = "faulty,widgets"  # tests/faulty.py (fault injection), tests/wid
 
 
 @pytest.fixture(autouse=True, scope="session")
-def test_backends():
+def plugin_backends():
     """Make the test-only backends available, here and in worker processes, before any fixture runs."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ENCBENCH_BACKENDS", TEST_BACKENDS)

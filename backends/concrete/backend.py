@@ -85,7 +85,7 @@ COLUMNS = (
     Column("qclear_abs_error", "value", "cell", "the circuit's output against the quantized-clear model (the "
            "same integers in numpy): 0 when the circuit computes what it should", kind="accuracy"),
     Column("topk_agreement", "ratio", "cell", "share of each output row's top-5 features that float64 also "
-               "ranks top-5, worst over repeats", kind="accuracy"),
+           "ranks top-5, worst over repeats", kind="accuracy"),
 )  # fmt: skip
 
 
