@@ -42,11 +42,13 @@ def ok_ops(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def per_op_panels(frame: pd.DataFrame, columns: tuple[str, ...]) -> list:
-    """One panel per (counter, workload) with data, at the workload's representative size point."""
+    """One panel per (counter, workload) with a non-zero value, at the workload's representative size point."""
     ops = ok_ops(frame)
     panels = []
     for column in columns:
         for workload, rows in ops[ops[column].notna()].groupby("workload", sort=False):
+            if not rows[column].any():  # all zero (CrypTen's trusted first party sends no triples): nothing to draw
+                continue
             rows = representative(rows)
             height = max(3.0, 0.22 * rows["op"].nunique() * max(1, rows["cell_id"].nunique() ** 0.5) + 1.5)
             panels.append((height, lambda ax, c=column, w=workload, r=rows: per_op_panel(ax, c, w, r)))
