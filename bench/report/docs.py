@@ -27,7 +27,7 @@ import yaml
 from bench.columns import HARNESS, filled_by, registry
 from bench.manifest import MANIFEST_FILE
 from bench.report.frame import ResultsError, read_run
-from bench.report.tables import Table, cells_table, cells_tables, counter_pivot, failure_table, latency_pivot
+from bench.report.tables import Table, cells_table, cells_tables, counter_pivot, failure_table, latency_pivot, md
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "docs" / "results.yaml"
@@ -111,7 +111,7 @@ def metrics_page() -> str:
         for c in found:
             by = "every backend" if c in HARNESS else ", ".join(who.get(c.name, ()))
             exact = "yes" if c.deterministic else ""
-            lines.append(f"| `{c.name}` | {c.unit} | {c.scope} | {exact} | {by} | {c.meaning.replace('|', '/')} |")
+            lines.append(f"| `{c.name}` | {c.unit} | {c.scope} | {exact} | {by} | {md(c.meaning, '')} |")
     unknown = [c.name for c in columns if c.kind not in KINDS]
     if unknown:
         raise DocsError(f"columns of unknown kind {unknown}; use one of {', '.join(KINDS)} (backends/base.py)")
