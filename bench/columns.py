@@ -106,6 +106,10 @@ class Catalogue:
         found = [(name, self.lookup(name)) for name in names]
         return [n for n, c in found if c is not None and all(getattr(c, k) == v for k, v in criteria.items())]
 
+    def named(self, name: str) -> bool:
+        """Declared under its own name (`comm_bytes`), not a member of a family (`comm_bytes_p0`)."""
+        return name in self.columns
+
     def numeric(self, name: str) -> bool:
         c = self.lookup(name)
         return c is not None and c.unit not in ("text", "bool")

@@ -121,12 +121,17 @@ def metrics_page() -> str:
 # --- docs/results.md ------------------------------------------------------------------------------
 
 
-def command_of(run: Run) -> list[str]:
-    """The command line recorded in the run's manifest, without the bookkeeping `encbench-docs` adds."""
+def manifest_of(run: Run) -> dict[str, Any]:
+    """The run's manifest (its first job's: every job shares the command and the machine)."""
     manifests = sorted(run.path.glob(f"**/{MANIFEST_FILE}"))
     if not manifests:
         raise DocsError(f"results/{run.run}/ has no {MANIFEST_FILE}; run `encbench-docs --measure {run.run}`")
-    argv = json.loads(manifests[0].read_text())["argv"][1:]
+    return json.loads(manifests[0].read_text())
+
+
+def command_of(run: Run) -> list[str]:
+    """The command line recorded in the run's manifest, without the bookkeeping `encbench-docs` adds."""
+    argv = manifest_of(run)["argv"][1:]
     return [a for a in argv if a.split("=", 1)[0] not in BOOKKEEPING]
 
 
@@ -140,7 +145,7 @@ def check_command(run: Run) -> None:
 
 
 def machine(run: Run) -> str:
-    m = json.loads(sorted(run.path.glob(f"**/{MANIFEST_FILE}"))[0].read_text())
+    m = manifest_of(run)
     commit = (m.get("git_commit") or "?")[:10] + (" with uncommitted changes" if m.get("git_dirty") else "")
     return f"{m['started_at'][:10]}, {m['cpu_model']}, {m['cores']} cores, Python {m['python']}, commit {commit}"
 

@@ -34,7 +34,7 @@ AXIS_UNITS = {"bytes": "B", "s": "s"}  # other units are counts
 def per_op_counters(frame: pd.DataFrame, kind: str) -> list[str]:
     """Registered per-op columns of `kind` with data (families like `comm_bytes_*` left out: their
     members are parts of a column shown)."""
-    return [c for c in present(ok_ops(frame), scope="op", kind=kind) if "*" not in registry().lookup(c).name]
+    return [c for c in present(ok_ops(frame), scope="op", kind=kind) if registry().named(c)]
 
 
 def ok_ops(frame: pd.DataFrame) -> pd.DataFrame:
@@ -68,7 +68,7 @@ def communication(frame: pd.DataFrame) -> Figure | None:
     time on each network next to the measured one."""
     panels = per_op_panels(frame, per_op_counters(frame, "communication"))
     est = frame[(frame["status"] == "ok") & (frame["op"] == "total")]
-    networks = [c for c in present(est, kind="estimate") if registry().lookup(c).name == "est_*_s"]
+    networks = registry().select(present(est, kind="estimate"), name="est_*_s")
     est = sort_cells(est[est[networks].notna().any(axis=1)]) if networks else est.iloc[:0]
     if not est.empty:
         panels.append((max(3.0, panel_height(est["cell"], per_bar=0.5)), lambda ax: network_panel(ax, est, networks)))

@@ -117,7 +117,7 @@ def counter_pivot(frame: pd.DataFrame, workload: str) -> Table | None:
     """Cells x ops of the deterministic per-op counters, then the cell's deterministic sizes and security."""
     rows = ok_rows(frame, workload)
     counted = present(rows, scope="op", deterministic=True)
-    columns = [c for c in counted if "*" not in registry().lookup(c).name]
+    columns = [c for c in counted if registry().named(c)]
     rows = rows[rows["cell_id"].isin(rows.loc[rows[columns].notna().any(axis=1), "cell_id"])] if columns else rows[:0]
     if rows.empty:
         return None
@@ -194,7 +194,7 @@ def cells_table(frame: pd.DataFrame, only: list[str] | None = None) -> Table | N
     if cells.empty:
         return None
     catalogue = registry()
-    counters = [c for c in present(cells, scope="op", deterministic=True) if "*" not in catalogue.lookup(c).name]
+    counters = [c for c in present(cells, scope="op", deterministic=True) if catalogue.named(c)]
     columns = [*counters, *present(cells, scope="cell", kind="size"), *present(cells, kind="estimate")]
     columns = [c for c in columns if only is None or c in only]
     data = pd.DataFrame(
