@@ -9,14 +9,15 @@ PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
 setup: $(STAMP)
 
-# torch first, exactly 2.13.0 (a local CPU build; anything else downloads GBs); crypten without
-# its declared deps, which cannot install here (see ../shared/STACK.md).
+# torch first, exactly 2.13.0 (a local CPU build; anything else downloads GBs); crypten and
+# orion-fhe (Lattigo, for `lattigo`) without their declared deps, which would pull another torch
+# or cannot install here (see ../shared/STACK.md); lattigo loads only orion's shared library.
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(PIP) -U "pip>=24"
 	$(PIP) torch==2.13.0
 	$(PIP) -r requirements.lock
-	$(PIP) --no-deps crypten==0.4.1
+	$(PIP) --no-deps crypten==0.4.1 orion-fhe==1.0.2
 	$(PIP) --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-* && touch $@
 

@@ -47,15 +47,20 @@ Example, a backend whose values are float32 tensors (`tests/test_contract.py` ru
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
 
 from workloads import Recorder, Workload
 from workloads.ops import Ops
+
+# compiled circuits, keys and cost-model calibrations (gigabytes): outside the repository
+CACHE_ROOT = Path(os.environ.get("ENCBENCH_CACHE", "~/.cache/encbench")).expanduser()
 
 T = TypeVar("T")
 ALL = None  # in Capabilities.workloads: every variant of that workload

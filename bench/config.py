@@ -22,12 +22,16 @@ class AllBackendsConfig(BackendConfig):
 
     The quick sweep compiles every TFHE cell with exact rounding and mono parameters: seconds per
     cell, where concrete's defaults (no rounding, multi parameters: the fewest PBS) take minutes
-    per block. Override as `backend.quick.concrete.rounding=none`.
+    per block. Override as `backend.quick.concrete.rounding=none`. `lattigo` counts (dry run and
+    cost model): its bootstrapping keys alone take 1.5 minutes.
     """
 
     name: str = "all"
     quick: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {"concrete": {"rounding": "exact", "parameter_strategy": "mono"}}
+        default_factory=lambda: {
+            "concrete": {"rounding": "exact", "parameter_strategy": "mono"},
+            "lattigo": {"mode": "count"},
+        }
     )
 
 

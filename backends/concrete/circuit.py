@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
 import pickle
 import shutil
 import tempfile
@@ -27,11 +26,10 @@ from typing import Any, Protocol
 import numpy as np
 
 import workloads
-from backends.base import report_activity
+from backends.base import CACHE_ROOT, report_activity
 from backends.concrete.blocks import concrete_fhe
 from workloads.base import ConfigError
 
-CACHE_ROOT = Path(os.environ.get("ENCBENCH_CACHE", "~/.cache/encbench")).expanduser()
 CACHE = CACHE_ROOT / "concrete"
 
 

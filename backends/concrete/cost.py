@@ -24,9 +24,8 @@ from time import perf_counter
 
 import numpy as np
 
-from backends.base import report_activity
+from backends.base import CACHE_ROOT, report_activity
 from backends.concrete.blocks import concrete_fhe
-from backends.concrete.circuit import CACHE_ROOT
 
 WIDTHS = (3, 4, 5)  # bits of the benchmark lookups (wider ones take minutes of keygen)
 SIZES = (64, 512)  # lookups per benchmark circuit; both keep the two cores busy

@@ -1,5 +1,5 @@
-"""`tenseal`: CKKS through TenSEAL, client-aided refresh. The backend is `backend.py`; beside it the
-engine (SEAL and a numpy dry twin), the packing, the op set, the parameters and the approximations."""
+"""`tenseal`: CKKS through TenSEAL, client-aided refresh. The backend is `backend.py`, SEAL's engine
+`seal.py`, its parameters `params.py`; the packing, op set and approximations are `backends.ckks`."""
 
 from backends.tenseal.backend import BACKEND, TensealBackend, TensealConfig
 

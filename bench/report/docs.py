@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from bench.columns import HARNESS, filled_by, registry
 from bench.manifest import MANIFEST_FILE
-from bench.report.frame import ResultsError, read_run
+from bench.report.frame import ResultsError, fmt_seconds, read_run
 from bench.report.tables import Table, cells_table, cells_tables, counter_pivot, failure_table, latency_pivot, md
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,6 +58,7 @@ class Run:
     command: str
     about: str = ""
     tables: tuple[str, ...] = ("cells", "ops")
+    compare: dict[str, Any] | None = None  # one op's latency across cells against published figures
 
     @property
     def path(self) -> Path:
@@ -163,11 +165,38 @@ def run_section(run: Run) -> list[str]:
         for workload in frame.loc[frame["status"] == "ok", "workload"].unique():
             blocks += [(f"{workload}: latency per op", latency_pivot(frame, workload)),
                        (f"{workload}: counters per op", counter_pivot(frame, workload))]  # fmt: skip
+    if run.compare:
+        blocks.append((f"{run.compare['op']} latency against {run.compare['source']}", compare_table(frame, run)))
     blocks.append(("Failed, skipped and timed-out cells", failure_table(frame)))
     for title, table in blocks:
         if table is not None:
             lines += [f"**{title}**", "", table.to_markdown(), ""]
     return lines
+
+
+def compare_table(frame, run: Run) -> Table:
+    """`compare`: {op, base (a cell's backend/variant), published ({backend/variant: figure}), source}.
+    Each ok cell's latency of `op` and its ratio to `base`'s, beside the published figure and its
+    ratio: ratios compare across machines, seconds do not."""
+    spec = run.compare
+    rows = frame[(frame["op"] == spec["op"]) & (frame["status"] == "ok")]
+    rows = rows.assign(key=rows["backend"] + "/" + rows["variant"]).drop_duplicates("key").set_index("key")
+    if spec["base"] not in rows.index:
+        raise DocsError(f"docs/results.yaml: {run.run}'s compare.base {spec['base']} is not an ok cell of the run")
+    base, published = rows.at[spec["base"], "latency_s"], spec.get("published", {})
+    pub_base = published.get(spec["base"])
+    data = pd.DataFrame(
+        {
+            spec["op"]: [("≈" if r.estimated else "") + fmt_seconds(r.latency_s) for r in rows.itertuples()],
+            f"÷ {spec['base']}": [f"{r.latency_s / base:.2f}" for r in rows.itertuples()],
+            "published": [str(published.get(k, "–")) for k in rows.index],
+            "published ÷ base": [
+                f"{published[k] / pub_base:.2f}" if k in published and pub_base else "–" for k in rows.index
+            ],
+        },  # fmt: skip
+        index=list(rows.index),
+    )
+    return Table(data, index_name="cell")
 
 
 def results_page(runs: list[Run]) -> str:

@@ -100,3 +100,20 @@ def rsqrt(ar: Arith, x, lo: float, hi: float, degree: int, newton: int):
     for _ in range(newton):
         y = ar.mul(y, ar.add(ar.mul(half_x, ar.square(y)), 1.5))
     return y
+
+
+def exp_error(lo: float, hi: float, degree: int, squarings: int) -> float:
+    """Largest error of the exp stand-in on [lo, hi], relative to exp(hi) (its largest value)."""
+    x = np.linspace(lo, hi, 4001)
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    y = np.polynomial.polynomial.polyval((x - mid) / half, exp_coeffs(lo, hi, degree, squarings)) ** (2**squarings)
+    return float(np.max(np.abs(y - np.exp(x))) / np.exp(hi))
+
+
+def rsqrt_error(lo: float, hi: float, degree: int, newton: int) -> float:
+    """Largest relative error of the 1/sqrt stand-in on [lo, hi]."""
+    t = np.linspace(lo, hi, 4001)
+    y = np.polynomial.polynomial.polyval(t, rsqrt_coeffs(lo, hi, degree))
+    for _ in range(newton):
+        y = y * (1.5 - 0.5 * t * y * y)
+    return float(np.max(np.abs(y * np.sqrt(t) - 1)))

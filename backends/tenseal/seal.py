@@ -1,43 +1,15 @@
-"""Slot-vector CKKS engines: SEAL (through TenSEAL's `sealapi`) and a dry numpy twin.
+"""SEAL's CKKS (through TenSEAL's `sealapi`) as an `Engine`, and SEAL's errors turned into fixes.
 
-Why not `ts.CKKSVector`: it has no rotation, and the packed products (see `tensor`) need
-explicit rotations by chosen steps, with Galois keys for exactly those steps. Both engines share
-the level bookkeeping here, so the dry run (numpy, no keys) finds the depth, the rotation steps
-and the refreshes that the real run will have, before any key is made.
-
-Levels: a fresh ciphertext has `levels` rescales left; every product (plain or cipher) uses one.
-When an operand has none left, it goes back to the client for decryption and re-encryption
-(client-aided refresh): counted, with its bytes both ways and one round trip. `depth` on a
-ciphertext is the logical multiplicative depth, not reset by refreshes.
+Why not `ts.CKKSVector`: it has no rotation, and the packed products (see `backends.ckks.tensor`)
+need explicit rotations by chosen steps, with Galois keys for exactly those steps.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
+from backends.ckks.engine import Engine
 from backends.tenseal.params import Params
-
-
-@dataclass
-class Ct:
-    raw: object
-    level: int
-    depth: int
-
-
-@dataclass
-class Stats:
-    """Cumulative, deterministic counters."""
-
-    depth: int = 0
-    rotations: int = 0
-    refreshes: int = 0
-    round_trips: int = 0
-    bytes_up: int = 0
-    bytes_down: int = 0
-    steps: set[int] = field(default_factory=set)
 
 
 class CkksError(RuntimeError):
@@ -68,155 +40,6 @@ def galois_elt(step: int, n: int) -> int:
     """SEAL's Galois element for a left rotation by `step` (right if negative) in ring degree n."""
     step = n // 2 - (-step) if step < 0 else step
     return pow(3, step, 2 * n)
-
-
-class Engine:
-    """Level-aware slot-vector arithmetic; subclasses supply the primitives `_*`."""
-
-    def __init__(self, params: Params):
-        self.params = params
-        self.slots = params.slots
-        self.stats = Stats()
-        self._refreshed: dict[int, tuple[Ct, Ct]] = {}
-        self.depth_total = 0
-        self.plains: dict[tuple[object, int], np.ndarray] = {}  # keyed plaintexts used, by level
-
-    # client side
-    def encrypt(self, values: np.ndarray, depth: int = 0) -> Ct:
-        self.stats.bytes_up += self.params.ct_bytes(self.params.levels)
-        return Ct(self._encrypt(self._pad(values)), self.params.levels, depth)
-
-    def decrypt(self, ct: Ct) -> np.ndarray:
-        self.stats.bytes_down += self.params.ct_bytes(ct.level)
-        return self._decrypt(ct.raw)
-
-    def refresh(self, ct: Ct) -> Ct:
-        """Client-aided: down at its level, decrypt, re-encrypt at the top, up. A ciphertext is
-        refreshed once however many products then use it."""
-        done = self._refreshed.get(id(ct))
-        if done is not None and done[0] is ct:
-            return done[1]
-        self.stats.refreshes += 1
-        self.stats.round_trips += 1
-        fresh = self.encrypt(self.decrypt(ct), ct.depth)
-        self._refreshed[id(ct)] = (ct, fresh)
-        return fresh
-
-    def ensure(self, ct: Ct, levels: int) -> Ct:
-        """Refresh now if fewer than `levels` are left: before fanning one ciphertext out into
-        many products (rotated copies would each need their own refresh)."""
-        return self.refresh(ct) if ct.level < levels else ct
-
-    def new_run(self) -> None:
-        """A new online run: fresh inputs start at depth 0 again; `depth_total` keeps the
-        counter cumulative (the harness takes per-op deltas of it)."""
-        self._refreshed.clear()
-        self.depth_total += self.stats.depth
-        self.stats.depth = 0
-
-    # server side
-    def _pad(self, values) -> np.ndarray:
-        out = np.zeros(self.slots)
-        values = np.asarray(values, dtype=np.float64).reshape(-1)
-        out[: values.size] = values
-        return out
-
-    def _at(self, ct: Ct, level: int) -> Ct:
-        if ct.level == level:
-            return ct
-        return Ct(self._mod_switch(ct.raw, level), level, ct.depth)
-
-    def _align(self, a: Ct, b: Ct) -> tuple[Ct, Ct]:
-        low = min(a.level, b.level)
-        return self._at(a, low), self._at(b, low)
-
-    def _ready(self, ct: Ct) -> Ct:
-        return self.refresh(ct) if ct.level < 1 else ct
-
-    def _made(self, raw, level: int, depth: int) -> Ct:
-        self.stats.depth = max(self.stats.depth, depth)
-        return Ct(raw, level, depth)
-
-    def add(self, a: Ct, b: Ct) -> Ct:
-        a, b = self._align(a, b)
-        return Ct(self._add(a.raw, b.raw), a.level, max(a.depth, b.depth))
-
-    def sub(self, a: Ct, b: Ct) -> Ct:
-        a, b = self._align(a, b)
-        return Ct(self._sub(a.raw, b.raw), a.level, max(a.depth, b.depth))
-
-    def add_plain(self, a: Ct, values: np.ndarray) -> Ct:
-        return Ct(self._add_plain(a.raw, self._pad(values), a.level), a.level, a.depth)
-
-    def mul_plain(self, a: Ct, values: np.ndarray, key: object = None) -> Ct:
-        return self.dot_plain([a], [values], [key])
-
-    def dot_plain(self, cts: list[Ct], vectors: list, keys: list) -> Ct:
-        """sum_i cts[i] * vectors[i] with one rescale (`keys` name cacheable plaintexts: weights)."""
-        cts = [self._ready(c) for c in cts]
-        low = min(c.level for c in cts)
-        cts = [self._at(c, low) for c in cts]
-        raw = self._dot_plain([c.raw for c in cts], [self._pad(v) for v in vectors], low, keys)
-        return self._made(raw, low - 1, max(c.depth for c in cts) + 1)
-
-    def mul(self, a: Ct, b: Ct) -> Ct:
-        a, b = self._align(self._ready(a), self._ready(b))
-        return self._made(self._mul(a.raw, b.raw, a.level), a.level - 1, max(a.depth, b.depth) + 1)
-
-    def rotate(self, a: Ct, steps: int) -> Ct:
-        """Left rotation by `steps` (negative: right), cyclic over all slots."""
-        steps %= self.slots
-        if not steps:
-            return a
-        if steps > self.slots // 2:
-            steps -= self.slots
-        self.stats.rotations += 1
-        self.stats.steps.add(steps)
-        return Ct(self._rotate(a.raw, steps), a.level, a.depth)
-
-    def _encrypt(self, values): ...
-    def _decrypt(self, raw): ...
-    def _mod_switch(self, raw, level): ...
-    def _add(self, a, b): ...
-    def _sub(self, a, b): ...
-    def _add_plain(self, a, values, level): ...
-    def _dot_plain(self, raws, vectors, level, keys): ...
-    def _mul(self, a, b, level): ...
-    def _rotate(self, a, steps): ...
-
-
-class DryEngine(Engine):
-    """Exact numpy twin: same levels, rotations and refreshes, no noise, no keys."""
-
-    def _encrypt(self, values):
-        return values.copy()
-
-    def _decrypt(self, raw):
-        return raw.copy()
-
-    def _mod_switch(self, raw, level):
-        return raw
-
-    def _add(self, a, b):
-        return a + b
-
-    def _sub(self, a, b):
-        return a - b
-
-    def _add_plain(self, a, values, level):
-        return a + values
-
-    def _dot_plain(self, raws, vectors, level, keys):
-        for values, key in zip(vectors, keys, strict=True):
-            if key is not None:
-                self.plains[(key, level)] = values
-        return sum(r * v for r, v in zip(raws, vectors, strict=True))
-
-    def _mul(self, a, b, level):
-        return a * b
-
-    def _rotate(self, a, steps):
-        return np.roll(a, -steps)
 
 
 class SealEngine(Engine):

@@ -4,10 +4,12 @@ stand-ins of `approx`, tracking which slots outside a matrix's footprint may hol
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from backends.tenseal import approx
-from backends.tenseal.tensor import Mat, Packer, Transposed, Weight
+from backends.ckks import approx
+from backends.ckks.tensor import Mat, Packer, Transposed, Weight
 from workloads.ops import Ops
 
 
@@ -19,7 +21,7 @@ class CkksOps(Ops):
 
     def linear(self, x, w, b=None):
         if not isinstance(w, Weight):
-            raise NotImplementedError("tenseal: linear takes server weights only")
+            raise NotImplementedError("ckks: linear takes server weights only")
         return self.p.linear(x, w, b)
 
     def matmul(self, a, b):
@@ -27,7 +29,7 @@ class CkksOps(Ops):
             return self.p.qk(a, b.mat)
         if isinstance(a, Mat) and a.kind == "diag" and isinstance(b, Mat):
             return self.p.av(a, b)
-        raise NotImplementedError("tenseal: matmul supports q @ k^T and weights @ v only")
+        raise NotImplementedError("ckks: matmul supports q @ k^T and weights @ v only")
 
     def transpose(self, a):
         return a.mat if isinstance(a, Transposed) else Transposed(a)
@@ -46,7 +48,7 @@ class CkksOps(Ops):
 
     def sum(self, x, dim=-1):
         if dim is None:
-            raise NotImplementedError("tenseal: sums over the last dim only")
+            raise NotImplementedError("ckks: sums over the last dim only")
         return self.p.rowsum(x)
 
     def exp(self, x):
@@ -61,10 +63,10 @@ class CkksOps(Ops):
         return approx.rsqrt(self, x, c.rsqrt_lo, c.rsqrt_hi, c.rsqrt_degree, c.rsqrt_newton)
 
     def relu(self, x):
-        raise NotImplementedError("tenseal: relu has no polynomial form here")
+        raise NotImplementedError("ckks: relu has no polynomial form here")
 
     def gelu(self, x):
-        raise NotImplementedError("tenseal: exact (erf) GELU has no polynomial form here; use gelu=poly")
+        raise NotImplementedError("ckks: exact (erf) GELU has no polynomial form here; use gelu=poly")
 
     def softmax(self, x):
         e = self.exp(x)
@@ -75,11 +77,11 @@ class CkksOps(Ops):
 
     def split_heads(self, x, n_heads):
         stride = x.width // n_heads if n_heads > 1 else x.stride
-        return Mat(x.ct, "row", x.width // n_heads, n_heads, stride, True, x.width // n_heads, x.junk)
+        return Mat(x.cts, "row", x.width // n_heads, n_heads, stride, True, x.width // n_heads, x.block, x.junk)
 
     def merge_heads(self, x):
         width = x.width * x.heads
-        return Mat(x.ct, "row", width, 1, self.p.B, False, width, x.junk)
+        return Mat(x.cts, "row", width, 1, x.block, False, width, x.block, x.junk)
 
     def _binary(self, op, a, b):
         if isinstance(a, Transposed):
@@ -92,13 +94,16 @@ class CkksOps(Ops):
             return self._with_public(op, a, b)
         if op != "sub":
             return self._binary(op, b, a)
-        raise NotImplementedError("tenseal: public - ciphertext is not used by any workload")
+        raise NotImplementedError("ckks: public - ciphertext is not used by any workload")
 
     def _combine(self, op, a: Mat, b: Mat) -> Mat:
         if a.kind == "rep" and b.kind != "rep":
             if op == "sub":
-                raise NotImplementedError("tenseal: column - matrix is not used by any workload")
+                raise NotImplementedError("ckks: column - matrix is not used by any workload")
             a, b = b, a
+        if a.block != b.block:  # one was compacted for the attention products: meet at the smaller block
+            block = min(a.block, b.block)
+            a, b = self.p.reblock(a, block), self.p.reblock(b, block)
         e = self.p.e
         if b.kind == "rep" and a.kind != "rep":
             b = self.p.widen(b, self.p.footprint(a))
@@ -108,13 +113,10 @@ class CkksOps(Ops):
         def spill(m):
             return m.junk or (m.kind == "rep" and m.valid > fw)
 
-        if op == "mul":
-            ct = e.mul(a.ct, b.ct)
-            junk = spill(a) and spill(b)
-        else:
-            ct = (e.add if op == "add" else e.sub)(a.ct, b.ct)
-            junk = spill(a) or spill(b)
-        return Mat(ct, base.kind, base.width, base.heads, base.stride, base.split, base.valid, junk)
+        fn = {"mul": e.mul, "add": e.add, "sub": e.sub}[op]
+        cts = tuple(fn(x, y) for x, y in zip(a.cts, b.cts, strict=True))
+        junk = spill(a) and spill(b) if op == "mul" else spill(a) or spill(b)
+        return replace(base, cts=cts, junk=junk)
 
     def _with_public(self, op, a: Mat, value) -> Mat:
         key = None
@@ -124,11 +126,10 @@ class CkksOps(Ops):
             value = value.double().numpy()
         if op == "mul":
             if a.kind == "rep":
-                a = Mat(a.ct, "rep", a.width, a.heads, a.stride, a.split, min(a.valid, a.width), a.junk)
-            vec = self.p.place(a, value)
+                a = replace(a, valid=min(a.valid, a.width))
             if isinstance(value, float | int):
-                key = ("scalar", float(value), a.kind, a.width, a.valid, a.heads, a.stride)
-            return Mat(self.p.e.mul_plain(a.ct, vec, key=key), a.kind, a.width, a.heads, a.stride, a.split, a.valid)
-        vec = self.p.place(a, value)
-        ct = self.p.e.add_plain(a.ct, vec if op == "add" else -vec)
-        return Mat(ct, a.kind, a.width, a.heads, a.stride, a.split, a.valid, a.junk)
+                key = ("scalar", float(value), a.kind, a.width, a.valid, a.heads, a.stride, a.block)
+            return replace(a, cts=self.p.mul_public(a, self.p.place(a, value), key), junk=False)
+        vecs = self.p.place(a, value)
+        cts = tuple(self.p.e.add_plain(c, v if op == "add" else -v) for c, v in zip(a.cts, vecs, strict=True))
+        return replace(a, cts=cts)

@@ -1,0 +1,236 @@
+"""What a packed-CKKS backend does whatever library computes: configuration of the
+approximations, the dry run, protect / run / reveal on packed matrices, the output's precision.
+
+A subclass supplies `setup` (parameters, keys, its engine bound with `_bind`), `_errors` (its
+library's failures turned into fixes), `counters` and `metrics`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from backends.base import Backend, BackendConfig, Column, map_values
+from backends.ckks import approx
+from backends.ckks.engine import DryEngine
+from backends.ckks.ops import CkksOps
+from backends.ckks.tensor import Packer, Weight, pow2
+from workloads.base import ConfigError, Workload, run_op
+
+SOFTMAX = ("exact", "power", "gaussian", "quad2")
+# 1/x input range (the softmax row sums) per variant, for seq_len <= 8; the upper end scales with
+# seq_len / 8. Row sums seen in the seeded workloads (seq 4-32, d_model 16-256): exact 0.45-72,
+# power 1e-12-627 (a row whose only score is near 0: below any usable range), quad2 17-916.
+# Below `lo` the result loses accuracy; above 2 * hi Goldschmidt diverges.
+RECIP_RANGES = {"exact": (0.25, 32.0), "power": (0.1, 512.0), "quad2": (8.0, 512.0), "gaussian": (0.25, 32.0)}
+# fmt: off
+COLUMNS = (
+    Column("rotations", "count", "op", "Galois rotations", True),
+    Column("levels", "levels", "cell", "rescales a fresh ciphertext allows before a refresh", True, "parameter"),
+    Column("cell_depth", "levels", "cell", "multiplicative depth of the whole cell (dry run)", True, "parameter"),
+    Column("slot_block", "count", "cell", "slots per matrix row in the packing", True, "parameter"),
+    Column("output_precision_bits", "bits", "cell", "observed precision of the output: log2(max |reference| / "
+           "max error)", kind="accuracy"),
+)
+# fmt: on
+
+
+APPROX_LIMIT = 2.0**-10  # a stand-in worse than this on its stated range is refused
+
+
+@dataclass
+class CkksConfig(BackendConfig):
+    """The approximations' ranges and degrees (recorded per row in `approx`) and the security gate."""
+
+    scale_bits: int = 40
+    allow_insecure: bool = False
+    exp_lo: float = -40.0  # exp input range: scores + the -30 causal mask, gaussian exponents
+    exp_hi: float = 4.0
+    exp_degree: int = 7
+    exp_squarings: int = 5
+    recip_lo: float | None = None  # None: per softmax variant (RECIP_RANGES)
+    recip_hi: float | None = None
+    recip_bits: int = 12  # Goldschmidt factors for 2^-recip_bits relative error at the range ends
+    rsqrt_lo: float = 0.25  # LayerNorm norm=exact: variance + eps range
+    rsqrt_hi: float = 4.0
+    rsqrt_degree: int = 3
+    rsqrt_newton: int = 2
+    max_memory_gb: float = 20.0  # keys and encoded weights beyond this are refused before keygen
+
+
+def validate_approx(cfg: CkksConfig) -> None:
+    if not cfg.exp_lo < cfg.exp_hi or min(cfg.exp_degree, cfg.rsqrt_degree, cfg.recip_bits) < 1:
+        raise ConfigError("backend.exp_lo < exp_hi and exp_degree, rsqrt_degree, recip_bits >= 1 are required")
+    if (cfg.recip_lo is None) != (cfg.recip_hi is None) or (
+        cfg.recip_lo is not None and not 0 < cfg.recip_lo < cfg.recip_hi
+    ):
+        raise ConfigError("backend.recip_lo / recip_hi: set both (0 < lo < hi) or neither")
+    if not 0 < cfg.rsqrt_lo < cfg.rsqrt_hi:
+        raise ConfigError("backend.rsqrt_lo / rsqrt_hi: need 0 < lo < hi")
+    if cfg.max_memory_gb <= 0:
+        raise ConfigError("backend.max_memory_gb must be positive")
+    err = approx.exp_error(cfg.exp_lo, cfg.exp_hi, cfg.exp_degree, cfg.exp_squarings)
+    if err > APPROX_LIMIT:
+        raise ConfigError(
+            f"exp on [{cfg.exp_lo:g}, {cfg.exp_hi:g}] with degree {cfg.exp_degree} and {cfg.exp_squarings} squarings "
+            f"is off by {err:.2g} (limit {APPROX_LIMIT:.2g}): raise backend.exp_degree or exp_squarings, or narrow "
+            "the range"
+        )
+    err = approx.rsqrt_error(cfg.rsqrt_lo, cfg.rsqrt_hi, cfg.rsqrt_degree, cfg.rsqrt_newton)
+    if err > APPROX_LIMIT:
+        raise ConfigError(
+            f"1/sqrt on [{cfg.rsqrt_lo:g}, {cfg.rsqrt_hi:g}] with degree {cfg.rsqrt_degree} and {cfg.rsqrt_newton} "
+            f"Newton steps is off by {err:.2g} (limit {APPROX_LIMIT:.2g}): raise backend.rsqrt_degree or "
+            "rsqrt_newton, or narrow the range"
+        )
+
+
+def flatten(value) -> torch.Tensor:
+    """A revealed value (tensor, tuple or dict of them) as one float64 vector."""
+    if isinstance(value, torch.Tensor):
+        return value.reshape(-1).double()
+    parts = [value[k] for k in sorted(value)] if isinstance(value, dict) else list(value)
+    return torch.cat([flatten(v) for v in parts])
+
+
+def cell_shape(workload: Workload) -> tuple[int, int, int]:
+    """(rows, block B, slots needed): B holds a row replicated for the widest product."""
+    cfg = workload.cfg
+    dims = [cfg.d_model, cfg.seq_len] + ([workload.d_ff] if workload.name == "block" else [])
+    block = pow2(2 * max(pow2(d) for d in dims))
+    shifts_rows = workload.name in ("attention_head", "block")
+    doubled = 2 if shifts_rows and cfg.seq_len != pow2(cfg.seq_len) else 1
+    return cfg.seq_len, block, doubled * cfg.seq_len * block
+
+
+def packing_why_not(workload, slots: int) -> str | None:
+    """Why the packing cannot hold this cell in ciphertexts of `slots` slots, or None. A cell
+    wider than one ciphertext tiles its wide matrices; each head's (seq, head_dim) operands of the
+    attention products must then fit one ciphertext, doubled for the row shifts."""
+    cfg = workload.cfg
+    n, block, single = cell_shape(workload)
+    attention = workload.name in ("attention_head", "block")
+    heads = 1
+    if attention:
+        heads = cfg.n_heads // getattr(cfg, "head_merge", 1) if workload.name == "block" else 1
+        hd = workload.head_dim if heads == 1 else cfg.d_model // heads
+        if heads > 1 and (hd != pow2(hd) or n > hd):
+            return f"head_dim={hd} must be a power of two >= seq_len={n} (heads share a ciphertext)"
+    if single <= slots or not attention:
+        return None if block <= slots else f"a row's block of {block} slots exceeds the {slots} a ciphertext holds"
+    window = max(pow2(hd), pow2(n)) if heads == 1 else pow2(heads * hd)
+    need = n * window * (1 if n * window == slots else 2)
+    if need > slots or block > slots:
+        return (
+            f"the attention products need {need} slots in one ciphertext ({n} rows of {window}), "
+            f"which holds {slots}: shrink seq_len or use a larger ring"
+        )
+    return None
+
+
+class PackedCkks(Backend):
+    """Shared by the CKKS backends; `self.engine` computes, `self.ops` dispatches the workload's ops."""
+
+    def __init__(self, cfg: CkksConfig):
+        self.cfg = cfg
+        self.engine = None
+        self.last = {"up": 0, "down": 0}
+        self.rounds = 0
+        self.info: dict[str, Any] = {}
+        self.out, self.reference = None, None
+
+    def max_slots(self) -> int:
+        """Slots of the largest ciphertext this backend's configuration allows."""
+        raise NotImplementedError
+
+    def why_not(self, workload):
+        return super().why_not(workload) or packing_why_not(workload, self.max_slots())
+
+    def recip_range(self, workload) -> tuple[float, float]:
+        if self.cfg.recip_lo is not None:
+            return self.cfg.recip_lo, self.cfg.recip_hi
+        lo, hi = RECIP_RANGES[getattr(workload.cfg, "softmax", "exact")]
+        return lo, hi * max(workload.cfg.seq_len, 8) / 8
+
+    def approx_text(self, workload) -> str:
+        c = self.cfg
+        lo, hi = self.recip_range(workload)
+        steps = approx.goldschmidt_steps(lo, hi, c.recip_bits)
+        return (
+            f"exp=[{c.exp_lo:g},{c.exp_hi:g}]/deg{c.exp_degree}/sq{c.exp_squarings},"
+            f"recip=[{lo:g},{hi:g}]/goldschmidt{steps},"
+            f"rsqrt=[{c.rsqrt_lo:g},{c.rsqrt_hi:g}]/deg{c.rsqrt_degree}/newton{c.rsqrt_newton}"
+        )
+
+    def dry(self, params, workload, weights, bootstrap: bool = False) -> DryEngine:
+        """The cell on the numpy twin: its depth, rotation steps, refreshes and plaintexts."""
+        engine = DryEngine(params, bootstrap)
+        self._bind(engine, workload)
+        x = self.protect(workload.inputs())
+        self.reveal(workload.forward(self.ops, run_op, x, self._weights(weights)))
+        return engine
+
+    def _bind(self, engine, workload) -> None:
+        rows, block, _ = cell_shape(workload)
+        self.engine, self.packer = engine, Packer(engine, rows, block)
+        self.ops = CkksOps(self.packer, self.cfg, self.recip_range(workload))
+
+    def _start(self, engine, workload) -> None:
+        """Bind the real engine for the online runs."""
+        self._bind(engine, workload)
+        self.rounds, self.last, self.out = 0, {"up": 0, "down": 0}, None
+        self.reference = flatten(workload.reference()[0])
+        self.info["output_precision_bits"] = math.nan
+
+    def check_memory(self, keys: int, plains: dict, plain_bytes) -> None:
+        """Refuse, before keygen, a cell whose keys (`keys` bytes) and encoded plaintexts (the dry
+        run's, `plain_bytes(level)` each) would not fit `max_memory_gb`."""
+        need = (keys + sum(plain_bytes(level) for _, level in plains)) / 2**30
+        if need > self.cfg.max_memory_gb:
+            raise ConfigError(
+                f"{self.name}: this cell's keys and encoded weights need ~{need:.1f} GB > backend.max_memory_gb="
+                f"{self.cfg.max_memory_gb:g}; shrink the cell or the modulus chain, or raise the limit if the "
+                "machine has the memory"
+            )
+
+    def _weights(self, weights):
+        return {k: Weight(k, v.double().numpy()) for k, v in weights.items()}
+
+    @staticmethod
+    def _errors(exc: Exception) -> Exception:
+        """The library's failure as an error naming the fix (the exception itself by default)."""
+        return exc
+
+    def _guard(self, fn, *args):
+        try:
+            return fn(*args)
+        except (ValueError, RuntimeError) as exc:
+            raise self._errors(exc) from exc
+
+    def protect(self, inputs):
+        self.engine.new_run()
+        before = self.engine.stats.bytes_up
+        out = {k: self._guard(self.packer.encrypt, v.double().numpy()) for k, v in inputs.items()}
+        self.last["up"] = self.engine.stats.bytes_up - before
+        return out
+
+    def run(self, workload, rec, x, w):
+        self.out = self._guard(workload.forward, self.ops, rec, x, w)
+        return self.out
+
+    def reveal(self, value):
+        before = self.engine.stats.bytes_down
+        out = map_values(lambda mat: torch.from_numpy(self._guard(self.packer.decrypt, mat).copy()), value)
+        self.last["down"] = self.engine.stats.bytes_down - before
+        self.rounds += 1
+        if value is self.out and self.reference is not None:  # the cell's output: its precision in bits
+            err = float((flatten(out) - self.reference).abs().max())
+            scale = float(self.reference.abs().max())
+            self.info["output_precision_bits"] = math.log2(scale / err) if err > 0 and scale > 0 else math.inf
+        return out
+
+    def close(self):
+        self.engine = None

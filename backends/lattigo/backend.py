@@ -1,0 +1,249 @@
+"""`lattigo`: non-interactive CKKS with bootstrapping (Lattigo v6, shipped by `orion-fhe`): the
+client encrypts its input once, the server computes every op, bootstrapping included, and the
+client decrypts the output: one round trip.
+
+Packing and approximations are `tenseal`'s (`backends.ckks`: rows in slot blocks, diagonal
+products, Chebyshev / Goldschmidt stand-ins on stated ranges), so the two CKKS execution models
+compare cell for cell; where `tenseal` sends a ciphertext back to the client when its chain runs
+out, this backend bootstraps it on the server.
+
+Bootstrapping is placed by a dry run of the cell on the numpy twin (`DryEngine` with the
+bootstrap policy): a ciphertext is bootstrapped when the next product needs a level it lacks, so
+the predicted `bootstraps` and `depth` are the executed ones. The bootstrapper refreshes the
+smallest power-of-two slot count holding the cell (sparse-slot bootstrapping) and a mask clears
+the copies it leaves in the other slots (one level).
+
+Parameters (`params`): Lattigo's documented 128-bit set `N16QP1546H192H32` by default; anything
+else has no security figure here and is refused unless `allow_insecure`. Keys are made per cell
+(the library's bindings serialize no bootstrapping key), after a memory guard that refuses
+parameter sets whose keys and plaintexts would not fit (`max_memory_gb`).
+
+Modes: `execute` runs the cell; `count` runs only the dry run (the numpy twin stands in for the
+ciphertexts: exact outputs, the executed counts) and prices it with the cost model (`cost`),
+rows marked `estimated`. The quick sweep uses `count`: keys alone take 1.5 minutes at LogN 16.
+Not supported (skipped): relu softmax and erf GELU (no polynomial form here), lora_update
+(transposes of private activations), cells wider than one ciphertext (GPT-2 widths: 2^15 slots
+hold seq x 2 d_model only up to seq 16 at d_model 768).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Any
+
+from backends.base import (
+    ALL,
+    APPROX,
+    COMM_BYTES,
+    COMM_BYTES_SPLIT,
+    CT_BYTES,
+    DEPTH,
+    KEY_BYTES,
+    KEYGEN_S,
+    ROUNDS,
+    SECURITY_BITS,
+    Capabilities,
+    Column,
+)
+from backends.ckks.backend import COLUMNS as CKKS_COLUMNS
+from backends.ckks.backend import SOFTMAX, CkksConfig, PackedCkks, cell_shape, validate_approx
+from backends.ckks.engine import DryEngine, Stats
+from backends.ckks.tensor import pow2
+from backends.lattigo import cost
+from backends.lattigo import params as lp
+from workloads.base import ConfigError
+
+MODES = ("execute", "count")
+COLUMNS = (
+    DEPTH, ROUNDS, COMM_BYTES, COMM_BYTES_SPLIT, CT_BYTES, KEY_BYTES, SECURITY_BITS, KEYGEN_S, APPROX, *CKKS_COLUMNS,
+    Column("bootstraps", "count", "op", "server-side bootstraps (placed by the dry run where levels run out)", True),
+    Column("est_he_s", "s", "row", "the cost model's seconds for the op (or the cell): its dry run's primitive "
+           "counts priced per level", kind="estimate"),
+    Column("rotation_keys", "count", "cell", "rotation keys made: the steps used and the library's powers of two",
+           True, "size"),
+    Column("rotation_key_bytes", "bytes", "cell", "their size, part of `key_bytes`", True, "size"),
+    Column("relin_key_bytes", "bytes", "cell", "the relinearization key, part of `key_bytes`", True, "size"),
+    Column("boot_key_bytes", "bytes", "cell", "resident memory the bootstrapping keys took (measured; "
+           "the bindings cannot serialize them), part of `key_bytes`", kind="size"),
+    Column("boot_keygen_s", "s", "cell", "making the bootstrapping keys, part of `keygen_s`", kind="setup"),
+    Column("log_n", "count", "cell", "log2 of the ring degree N (N/2 slots)", True, "parameter"),
+    Column("param_set", "text", "cell", "the parameter set (`N16QP1546H192H32`: Lattigo's documented default)",
+           kind="parameter"),
+    Column("boot_slots", "count", "cell", "slots the bootstrapper refreshes (sparse when below N/2)", True,
+           "parameter"),
+    Column("he_mode", "text", "cell", "`execute` or `count` (dry run priced by the cost model)", kind="parameter"),
+    Column("he_cost_model", "text", "cell", "seconds per unit of each primitive, and whose machine measured them",
+           kind="parameter"),
+)  # fmt: skip
+
+
+@dataclass
+class LattigoConfig(CkksConfig):
+    name: str = "lattigo"
+    mode: str = "execute"  # execute | count
+    log_n: int = 16
+    log_q: list[int] = field(default_factory=lambda: list(lp.DEFAULT["log_q"]))
+    log_p: list[int] = field(default_factory=lambda: list(lp.DEFAULT["log_p"]))
+    boot_log_p: list[int] = field(default_factory=lambda: list(lp.DEFAULT["boot_log_p"]))
+    hamming_weight: int = 192
+
+
+class LattigoBackend(PackedCkks):
+    name = "lattigo"
+    Config = LattigoConfig
+    capabilities = Capabilities(
+        workloads={
+            "attention_head": {"softmax": SOFTMAX},
+            "layernorm": ALL,
+            "block": {"softmax": SOFTMAX, "gelu": ("poly", "quad")},
+        },
+        columns=COLUMNS,
+    )
+    default_tolerance = 5e-3  # as tenseal's: the approximations dominate; bootstrapping adds ~1e-6
+    libraries = ("orion-fhe",)
+    threat_model = (
+        "client holds the secret key, encrypts its input once and decrypts the output; semi-honest server "
+        "holds plaintext weights and the evaluation keys (bootstrapping included) and sees only ciphertexts"
+    )
+
+    @classmethod
+    def unavailable(cls):
+        from backends.lattigo.library import library_path
+
+        return None if library_path() else "orion-fhe is not installed (`pip install --no-deps orion-fhe==1.0.2`)"
+
+    @classmethod
+    def validate(cls, cfg: LattigoConfig) -> None:
+        if cfg.mode not in MODES:
+            raise ConfigError(f"backend.mode={cfg.mode}; allowed: {', '.join(MODES)}")
+        lp.validate(cfg)
+        if len(cfg.log_q) - 2 < 2:
+            raise ConfigError(
+                f"backend.log_q has {len(cfg.log_q) - 1} levels: after a sparse bootstrap's mask a ciphertext "
+                "needs >= 2 for one product step; use >= 4 primes"
+            )
+        lp.check_security(lp.make(cfg, 1 << (cfg.log_n - 1)), cfg.allow_insecure)
+        validate_approx(cfg)
+
+    def __init__(self, cfg: LattigoConfig):
+        super().__init__(cfg)
+        self.per_op: dict[str, dict[str, Any]] = {}
+
+    def max_slots(self) -> int:
+        return 1 << (self.cfg.log_n - 1)
+
+    def setup(self, workload, weights):
+        _, block, slots = cell_shape(workload)
+        params = lp.make(self.cfg, min(pow2(slots), self.max_slots()))
+        lp.check_security(params, self.cfg.allow_insecure)
+        dry = self.dry(params, workload, weights, bootstrap=True)
+        self.unit = cost.model(params)
+        self.per_op = self._priced_ops(params, workload, weights)
+        steps = dry.stats.steps
+        rotation_keys = len(steps | {1 << i for i in range(params.power_of_two_steps())})
+        self.info = {
+            "security_bits": params.security_bits,
+            "log_n": params.log_n,
+            "param_set": params.name,
+            "levels": params.levels,
+            "boot_slots": params.boot_slots,
+            "cell_depth": dry.stats.depth,
+            "slot_block": block,
+            "he_mode": self.cfg.mode,
+            "approx": self.approx_text(workload),
+            "rotation_keys": rotation_keys,
+            "rotation_key_bytes": rotation_keys * params.switch_key_bytes(),
+            "relin_key_bytes": params.switch_key_bytes(),
+        }
+        if self.cfg.mode == "count":
+            self.info.update(key_bytes=self.info["rotation_key_bytes"] + self.info["relin_key_bytes"])
+            self._start(self.dry(params, workload, weights, bootstrap=True), workload)
+        else:
+            # bootstrapping keys: ~BOOT_KEYS switching keys (CoeffsToSlots / SlotsToCoeffs rotations and more)
+            keys = (rotation_keys + 1 + BOOT_KEYS) * params.switch_key_bytes()
+            self.check_memory(keys, dry.plains, lambda level: params.n * (level + 1) * 8)
+            self._start(self._execute_engine(params, steps, dry.plains), workload)
+        self.info["he_cost_model"] = cost.text(self.unit)
+        return self._weights(weights)
+
+    def _execute_engine(self, params, steps, plains):
+        from backends.lattigo.engine import LattigoEngine
+
+        start = perf_counter()
+        engine = LattigoEngine(params, steps)
+        boot_start, rss = perf_counter(), resident_bytes()
+        engine.make_bootstrapper()
+        boot_s, boot_bytes = perf_counter() - boot_start, max(resident_bytes() - rss, 0)
+        self.info.update(
+            keygen_s=perf_counter() - start,
+            boot_keygen_s=boot_s,
+            boot_key_bytes=boot_bytes,
+            key_bytes=self.info["rotation_key_bytes"] + self.info["relin_key_bytes"] + boot_bytes,
+        )
+        engine.preload(plains)
+        if self.unit is None or self.unit["source"] != "this machine":  # not measured here at these slots
+            self.unit = cost.calibrate(engine)
+            engine.stats, engine.depth_total = Stats(), 0  # the calibration's uses are not the cell's
+            self.per_op = {op: {**row, **self._price(row["_work"])} for op, row in self.per_op.items()}
+        return engine
+
+    def _priced_ops(self, params, workload, weights) -> dict[str, dict[str, Any]]:
+        """Each op's primitive work on the dry run (and so its estimated seconds), `protect` and
+        `reveal` (the client's encryptions and decryptions) included."""
+        engine = DryEngine(params, bootstrap=True)
+        self._bind(engine, workload)
+        found: dict[str, dict[str, Any]] = {}
+
+        def rec(name, fn):
+            before = Counter(engine.stats.work)
+            out = fn()
+            work = engine.stats.work - before
+            found[name] = {"_work": work, **self._price(work)}
+            return out
+
+        x = rec("protect", lambda: self.protect(workload.inputs()))
+        out = workload.forward(self.ops, rec, x, self._weights(weights))
+        rec("reveal", lambda: self.reveal(out))
+        return found
+
+    def _price(self, work) -> dict[str, Any]:
+        seconds = cost.estimate(work, self.unit)
+        row = {"est_he_s": seconds}
+        if self.cfg.mode == "count":
+            row.update(latency_s=seconds, latency_iqr_s=float("nan"), estimated=True)
+        return row
+
+    def op_counters(self):
+        return {op: {k: v for k, v in row.items() if not k.startswith("_")} for op, row in self.per_op.items()}
+
+    def counters(self):
+        if self.engine is None:
+            return {}
+        s = self.engine.stats
+        return {
+            "depth": self.engine.depth_total + s.depth,
+            "bootstraps": s.bootstraps,
+            "rotations": s.rotations,
+            "rounds": self.rounds,
+            "comm_bytes_up": s.bytes_up,
+            "comm_bytes_down": s.bytes_down,
+            "comm_bytes": s.bytes_up + s.bytes_down,
+        }
+
+    def metrics(self):
+        total = sum(row["est_he_s"] for row in self.per_op.values())
+        counted = self.cfg.mode == "count"  # the total's latency is the cost model's
+        return {**self.info, "ct_bytes": self.last["up"] + self.last["down"], "est_he_s": total, "estimated": counted}
+
+
+BOOT_KEYS = 48  # switching keys a bootstrapper holds, roughly: the memory guard's allowance
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+BACKEND = LattigoBackend
