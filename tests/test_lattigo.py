@@ -111,3 +111,15 @@ def test_bad_parameters_give_one_line_errors_naming_the_fix(override, needle):
 def test_memory_guard_refuses_before_keygen():
     total = run(HEAD, **SMALL, max_memory_gb=0.01)[-1]
     assert total["status"] == "error" and "backend.max_memory_gb" in total["error"]
+
+
+@pytest.mark.slow
+def test_default_parameters_bootstrap_and_the_cost_model_holds():
+    """Lattigo's documented 128-bit set (keys: ~1.5 minutes): real bootstraps, a secure row, and
+    the cost model (calibrated here at the first executed cell) within 25% of the executed cell."""
+    rows = by_op(run({"name": "layernorm", "seq_len": 8, "d_model": 64}))
+    total = rows["total"]
+    assert total["status"] == "ok", total.get("error")
+    assert total["security_bits"] == 128 and not total["insecure"] and total["bootstraps"] >= 1
+    assert total["max_abs_error"] < 5e-3
+    assert abs(total["est_he_s"] - total["latency_s"]) <= 0.25 * total["latency_s"]

@@ -32,8 +32,10 @@ GEN = torch.Generator().manual_seed(5)
 
 class TestTenseal(BackendConformance):
     backend = "tenseal"
-    # heads share a ciphertext only when seq_len <= head_dim: the instance skips this block
-    extra_workloads = [{"name": "block", "seq_len": 16, "d_model": 16, "n_heads": 2, "d_ff": 32}]
+    # head_dim 8 < seq_len 16: heads compacted into wider windows for the attention products
+    extra_workloads = [
+        {"name": "block", "seq_len": 16, "d_model": 16, "n_heads": 2, "d_ff": 32, "gelu": "poly", "softmax": "gaussian"}
+    ]
 
 
 def run(workload: dict, **backend) -> list[dict]:
@@ -69,6 +71,34 @@ def test_packed_attention_matches_torch_exactly(slots):
     )
     # linear 1, qk 2 (product, mask), scalar 1, av 2 (mask, product)
     assert engine.stats.depth == 6
+
+
+@pytest.mark.parametrize(
+    "n, slots, heads, tall",
+    [
+        (16, 256, 4, False),  # head_dim 4 < seq 16: windows widened to 16, one head per ciphertext
+        (8, 256, 2, True),  # x tiled over two ciphertexts (8 rows x 64 slots); a tall q/k/v projection
+        (16, 1024, 4, False),  # all four widened heads in one ciphertext
+    ],
+)
+def test_tiled_and_grouped_layouts_match_torch_exactly(n, slots, heads, tall):
+    """Cells wider than a ciphertext: x tiled by rows, heads compacted into groups (their windows
+    widened when head_dim < seq) for the products, merged back for the next linear map."""
+    engine, packer, ops = dry(n=n, block=64, slots=slots)
+    d_in, d_out = (32, 16) if tall else (16, 16)
+    x, w, w2 = randn(n, d_in), randn(d_in, d_out), randn(d_out, 16)
+    y = ops.linear(packer.encrypt(x.numpy()), Weight("w", w.numpy()), None)
+    q = ops.split_heads(y, heads)
+    scores = ops.mul(ops.matmul(q, ops.transpose(q)), 0.01)
+    mixed = ops.merge_heads(ops.matmul(scores, q))
+    out = ops.linear(mixed, Weight("w2", w2.numpy()), None)
+    ref = (x @ w).reshape(n, heads, d_out // heads).transpose(0, 1)
+    ref_scores = ref @ ref.transpose(-1, -2) * 0.01
+    assert np.allclose(packer.decrypt(scores), ref_scores.numpy())
+    assert np.allclose(packer.decrypt(out), ((ref_scores @ ref).transpose(0, 1).reshape(n, d_out) @ w2).numpy())
+    sums = ops.add(ops.sum(ops.square(q)), ops.transpose(ops.sum(ops.square(q))))  # gaussian's distances
+    norms = (ref * ref).sum(-1, keepdim=True)
+    assert np.allclose(packer.decrypt(sums), (norms + norms.transpose(-1, -2)).numpy())
 
 
 def test_row_sums_broadcast_and_transposed_columns():

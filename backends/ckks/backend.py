@@ -96,37 +96,41 @@ def flatten(value) -> torch.Tensor:
     return torch.cat([flatten(v) for v in parts])
 
 
+def attention_window(workload) -> int | None:
+    """Slots of one head's window in the attention products (n scores, head_dim values); None
+    for workloads without attention."""
+    if workload.name not in ("attention_head", "block"):
+        return None
+    cfg = workload.cfg
+    heads = cfg.n_heads // getattr(cfg, "head_merge", 1) if workload.name == "block" else 1
+    hd = workload.head_dim if heads == 1 else cfg.d_model // heads
+    return pow2(max(hd, cfg.seq_len))
+
+
 def cell_shape(workload: Workload) -> tuple[int, int, int]:
-    """(rows, block B, slots needed): B holds a row replicated for the widest product."""
+    """(rows, block B, slots needed): B holds a row replicated for the widest product; the slots
+    hold every matrix in one ciphertext, and a head's window doubled for the row shifts."""
     cfg = workload.cfg
     dims = [cfg.d_model, cfg.seq_len] + ([workload.d_ff] if workload.name == "block" else [])
     block = pow2(2 * max(pow2(d) for d in dims))
     shifts_rows = workload.name in ("attention_head", "block")
     doubled = 2 if shifts_rows and cfg.seq_len != pow2(cfg.seq_len) else 1
-    return cfg.seq_len, block, doubled * cfg.seq_len * block
+    window = attention_window(workload) or 0
+    return cfg.seq_len, block, max(doubled * cfg.seq_len * block, 2 * cfg.seq_len * window)
 
 
 def packing_why_not(workload, slots: int) -> str | None:
-    """Why the packing cannot hold this cell in ciphertexts of `slots` slots, or None. A cell
-    wider than one ciphertext tiles its wide matrices; each head's (seq, head_dim) operands of the
-    attention products must then fit one ciphertext, doubled for the row shifts."""
-    cfg = workload.cfg
-    n, block, single = cell_shape(workload)
-    attention = workload.name in ("attention_head", "block")
-    heads = 1
-    if attention:
-        heads = cfg.n_heads // getattr(cfg, "head_merge", 1) if workload.name == "block" else 1
-        hd = workload.head_dim if heads == 1 else cfg.d_model // heads
-        if heads > 1 and (hd != pow2(hd) or n > hd):
-            return f"head_dim={hd} must be a power of two >= seq_len={n} (heads share a ciphertext)"
-    if single <= slots or not attention:
-        return None if block <= slots else f"a row's block of {block} slots exceeds the {slots} a ciphertext holds"
-    window = max(pow2(hd), pow2(n)) if heads == 1 else pow2(heads * hd)
-    need = n * window * (1 if n * window == slots else 2)
-    if need > slots or block > slots:
+    """Why the packing cannot hold this cell in ciphertexts of `slots` slots, or None. Wide
+    matrices tile over ciphertexts; the attention products need one head's rows in one ciphertext,
+    with room to shift them."""
+    n, block, _ = cell_shape(workload)
+    if block > slots:
+        return f"a row's block of {block} slots exceeds the {slots} a ciphertext holds"
+    window = attention_window(workload)
+    if window and not (n * window == slots or 2 * n * window <= slots):
         return (
-            f"the attention products need {need} slots in one ciphertext ({n} rows of {window}), "
-            f"which holds {slots}: shrink seq_len or use a larger ring"
+            f"the attention products need {n} rows of a {window}-slot head window, doubled, in one "
+            f"ciphertext of {slots} slots: shrink seq_len or use a larger ring"
         )
     return None
 
@@ -165,9 +169,9 @@ class PackedCkks(Backend):
             f"rsqrt=[{c.rsqrt_lo:g},{c.rsqrt_hi:g}]/deg{c.rsqrt_degree}/newton{c.rsqrt_newton}"
         )
 
-    def dry(self, params, workload, weights, bootstrap: bool = False) -> DryEngine:
+    def dry(self, params, workload, weights) -> DryEngine:
         """The cell on the numpy twin: its depth, rotation steps, refreshes and plaintexts."""
-        engine = DryEngine(params, bootstrap)
+        engine = DryEngine(params)
         self._bind(engine, workload)
         x = self.protect(workload.inputs())
         self.reveal(workload.forward(self.ops, run_op, x, self._weights(weights)))

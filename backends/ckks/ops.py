@@ -80,6 +80,8 @@ class CkksOps(Ops):
         return Mat(x.cts, "row", x.width // n_heads, n_heads, stride, True, x.width // n_heads, x.block, x.junk)
 
     def merge_heads(self, x):
+        if x.groups > 1 or (x.heads > 1 and x.stride != x.width):  # compacted heads: back to one row each
+            x = self.p.relayout(x, self.p.block, 1, x.width)
         width = x.width * x.heads
         return Mat(x.cts, "row", width, 1, x.block, False, width, x.block, x.junk)
 
@@ -101,9 +103,9 @@ class CkksOps(Ops):
             if op == "sub":
                 raise NotImplementedError("ckks: column - matrix is not used by any workload")
             a, b = b, a
-        if a.block != b.block:  # one was compacted for the attention products: meet at the smaller block
-            block = min(a.block, b.block)
-            a, b = self.p.reblock(a, block), self.p.reblock(b, block)
+        if (a.block, a.groups, a.stride) != (b.block, b.groups, b.stride):  # one was compacted: meet there
+            to = min(a, b, key=lambda m: (m.block, -m.groups))
+            a, b = (self.p.relayout(m, to.block, to.groups, to.stride) for m in (a, b))
         e = self.p.e
         if b.kind == "rep" and a.kind != "rep":
             b = self.p.widen(b, self.p.footprint(a))

@@ -12,7 +12,9 @@ for a row replicated for the widest product) keeps every matrix there. A wider c
 d_model at seq 128) tiles its wide matrices over ciphertexts at that block; the attention
 products, which shift rows, take their (seq, head_dim) operands compacted into one ciphertext at
 the smallest block that holds them (`compact`), and a linear map takes its input back at the
-cell's block (`reblock`: one masked product and one rotation per row, one level).
+cell's block (`relayout`: one masked product and one rotation per row, one level). Multi-head
+operands are compacted into head groups (as many heads per ciphertext as fit), their windows
+widened to n slots where head_dim < seq.
 
 Why this packing (rotations per op, per tile; P_in, P_out = next powers of two of d_in, d_out;
 n = seq):
@@ -56,9 +58,9 @@ class Weight:
 
 @dataclass
 class Mat:
-    """A packed matrix over `cts` (row tiles) at `block` slots per row. kind: `row` (seq, width),
-    `diag` (seq, seq) in diagonal layout, or `rep` (seq, 1), its value replicated over slots
-    [0, valid) of each window."""
+    """A packed matrix over `cts` (row tiles, or head groups) at `block` slots per row. kind: `row`
+    (seq, width), `diag` (seq, seq) in diagonal layout, or `rep` (seq, 1), its value replicated over
+    slots [0, valid) of each window."""
 
     cts: tuple[Ct, ...]
     kind: str
@@ -69,6 +71,11 @@ class Mat:
     valid: int
     block: int
     junk: bool = False
+    groups: int = 1  # > 1: ciphertext c holds heads [c h/groups, (c+1) h/groups) of every row
+
+    @property
+    def heads_per_ct(self) -> int:
+        return self.heads // self.groups
 
 
 @dataclass(frozen=True)
@@ -112,17 +119,21 @@ class Packer:
             v = np.broadcast_to(v, (h, *logical))
         else:
             v = np.broadcast_to(v, (n, logical[1] * h)).reshape(n, h, logical[1]).transpose(1, 0, 2)
-        blocks = np.zeros((n, m.block))
-        for t in range(h):
-            cols = slice(t * m.stride, t * m.stride + fw)
-            if m.kind == "row":
-                blocks[:, cols] = v[t]
-            elif m.kind == "rep":
-                blocks[:, cols] = v[t][:, :1]
-            else:  # diag: slot s of row i holds (i, (i + s) mod n)
-                idx = (np.arange(n)[:, None] + np.arange(n)[None, :]) % n
-                blocks[:, cols] = np.take_along_axis(v[t], idx, axis=1)
-        return self._tiles(blocks)
+        vectors = []
+        for group in range(m.groups):
+            blocks = np.zeros((n, m.block))
+            for t in range(m.heads_per_ct):
+                head = v[group * m.heads_per_ct + t]
+                cols = slice(t * m.stride, t * m.stride + fw)
+                if m.kind == "row":
+                    blocks[:, cols] = head
+                elif m.kind == "rep":
+                    blocks[:, cols] = head[:, :1]
+                else:  # diag: slot s of row i holds (i, (i + s) mod n)
+                    idx = (np.arange(n)[:, None] + np.arange(n)[None, :]) % n
+                    blocks[:, cols] = np.take_along_axis(head, idx, axis=1)
+            vectors += self._tiles(blocks)
+        return vectors
 
     def mask(self, m: Mat) -> list[np.ndarray]:
         return self.place(m, 1.0)
@@ -136,10 +147,13 @@ class Packer:
 
     def decrypt(self, m: Mat) -> np.ndarray:
         rows = self.rows_per_ct(m.block)
-        slots = np.concatenate([self.e.decrypt(ct)[: rows * m.block].reshape(rows, m.block) for ct in m.cts])
-        slots = slots[: self.n]
+        slots = [self.e.decrypt(ct)[: rows * m.block].reshape(rows, m.block) for ct in m.cts]
         fw = 1 if m.kind == "rep" else self.footprint(m)
-        out = np.stack([slots[:, t * m.stride : t * m.stride + fw] for t in range(m.heads)])
+        if m.groups == 1:
+            rows_all = np.concatenate(slots)[: self.n]
+            out = np.stack([rows_all[:, t * m.stride : t * m.stride + fw] for t in range(m.heads)])
+        else:
+            out = np.stack([part[:, t * m.stride : t * m.stride + fw] for part in slots for t in range(m.heads_per_ct)])
         if m.kind == "diag":
             idx = (np.arange(self.n)[:, None] + np.arange(self.n)[None, :]) % self.n
             back = np.empty_like(out)
@@ -195,51 +209,77 @@ class Packer:
         return replace(m, cts=tuple(self._rotsum(ct, span, -1) for ct in cts), valid=span, junk=False)
 
     # layouts
-    def reblock(self, m: Mat, block: int) -> Mat:
-        """`m` at another block (and so other tiles): each row masked out of its tile (one level)
-        and rotated into place. A run of rows that stays in one source and one destination tile
-        moves by j * (B - block) within the run, then by one step for the run: ~R + runs distinct
-        steps (R: rows per ciphertext), not one per row."""
-        if m.block == block:
+    def relayout(self, m: Mat, block: int, groups: int = 1, stride: int | None = None) -> Mat:
+        """`m` at another block, head grouping or head stride: each row's chunk of heads (those
+        together in both layouts) masked out of its ciphertext (one level) and rotated into place.
+        Consecutive rows between the same two ciphertexts move by j * (B - block) within the run,
+        then by one step for the run: ~R + runs distinct steps (R: rows per ciphertext), not one
+        per row."""
+        stride = stride or (block if m.heads == 1 else m.stride)
+        if (m.block, m.groups, m.stride) == (block, groups, stride):
             return m
         if m.kind == "rep":  # a column's copies: as many as the new window holds
-            m = replace(m, valid=min(m.valid, block if m.heads == 1 else m.stride))
-        span = m.stride * (m.heads - 1) + self.footprint(m) if m.split else self.footprint(m)
-        if span > block:
-            raise ValueError(f"a {span}-slot row does not fit a {block}-slot block")
+            m = replace(m, valid=min(m.valid, stride))
+        fw, per_src, per_dst = self.footprint(m), m.heads_per_ct, m.heads // groups
+        if (per_dst - 1) * stride + fw > block:
+            raise ValueError(f"{per_dst} heads of {fw} slots at stride {stride} do not fit a {block}-slot block")
+        chunks: list[list] = []  # [(source group, destination group), first head, heads]
+        for h in range(m.heads):
+            pair = (h // per_src, h // per_dst)
+            if chunks and chunks[-1][0] == pair and stride == m.stride:
+                chunks[-1][2] += 1
+            else:
+                chunks.append([pair, h, 1])
         src_rows, dst_rows = self.rows_per_ct(m.block), self.rows_per_ct(block)
-        out: list[Ct | None] = [None] * -(-self.n // dst_rows)
+        out: list[Ct | None] = [None] * (groups if groups > 1 else -(-self.n // dst_rows))
         # refresh where there are fewer ciphertexts: after the mask, one level is left for the consumer
         cts = [self.e.ensure(ct, 2 if len(m.cts) <= len(out) else 1) for ct in m.cts]
-        i = 0
-        while i < self.n:
-            (s_tile, s0), (d_tile, d0) = divmod(i, src_rows), divmod(i, dst_rows)
-            run = min(src_rows - s0, dst_rows - d0, self.n - i)
-            inner = None
-            for j in range(run):
-                one = np.zeros(self.e.slots)
-                one[(s0 + j) * m.block : (s0 + j) * m.block + span] = 1.0
-                picked = self.e.mul_plain(cts[s_tile], one, key=("row", s0 + j, span, m.block))
-                moved = self.e.rotate(picked, j * (m.block - block))
-                inner = moved if inner is None else self.e.add(inner, moved)
-            moved = self.e.rotate(inner, s0 * m.block - d0 * block)
-            out[d_tile] = moved if out[d_tile] is None else self.e.add(out[d_tile], moved)
-            i += run
-        stride = block if m.heads == 1 else m.stride
-        return replace(m, cts=tuple(out), block=block, stride=stride, junk=False)
+        for (g_src, g_dst), h0, count in chunks:
+            span, s_in, d_in = (count - 1) * m.stride + fw, (h0 % per_src) * m.stride, (h0 % per_dst) * stride
+            i = 0
+            while i < self.n:
+                s_ct, s0 = (g_src, i) if m.groups > 1 else divmod(i, src_rows)
+                d_ct, d0 = (g_dst, i) if groups > 1 else divmod(i, dst_rows)
+                run = min(src_rows - s0, dst_rows - d0, self.n - i)
+                inner = None
+                for j in range(run):
+                    one = np.zeros(self.e.slots)
+                    start = (s0 + j) * m.block + s_in
+                    one[start : start + span] = 1.0
+                    picked = self.e.mul_plain(cts[s_ct], one, key=("chunk", start, span))
+                    moved = self.e.rotate(picked, j * (m.block - block))
+                    inner = moved if inner is None else self.e.add(inner, moved)
+                moved = self.e.rotate(inner, s0 * m.block + s_in - d0 * block - d_in)
+                out[d_ct] = moved if out[d_ct] is None else self.e.add(out[d_ct], moved)
+                i += run
+        return replace(m, cts=tuple(out), block=block, stride=stride, groups=groups, junk=False)
+
+    def _shiftable(self, block: int) -> bool:
+        """n rows of `block` slots fit one ciphertext with room to shift rows (doubled, or filling it)."""
+        return self.n * block == self.e.slots or 2 * self.n * block <= self.e.slots
 
     def compact(self, m: Mat) -> Mat:
-        """`m` in one ciphertext, at the smallest block holding its row and the n-slot score
-        windows of the attention products; unchanged if it is in one already."""
-        if len(m.cts) == 1:
+        """`m` laid out for the attention products: all rows of a head in one ciphertext, each head
+        window holding n scores (stride >= n), as many heads per ciphertext as fit; unchanged if it
+        is so already."""
+        if m.heads == 1:
+            if len(m.cts) == 1:
+                return m
+            block = max(pow2(1 if m.kind == "rep" else self.footprint(m)), pow2(self.n))
+            if not self._shiftable(block):
+                raise ValueError(f"{self.n} rows of {block} slots do not fit one ciphertext of {self.e.slots} slots")
+            return self.relayout(m, block)
+        stride = pow2(max(m.stride, self.n))
+        if len(m.cts) == 1 and stride == m.stride and m.groups == 1:
             return m
-        window = max(pow2(1 if m.kind == "rep" else self.footprint(m)), pow2(self.n))
-        block = window if m.heads == 1 else pow2(m.heads * m.stride)
-        if m.heads > 1 and m.stride < self.n:
-            raise ValueError(f"head windows of {m.stride} slots cannot hold {self.n} scores")
-        if self.n * block > self.e.slots:
-            raise ValueError(f"a {self.n} x {block}-slot matrix does not fit one ciphertext of {self.e.slots} slots")
-        return self.reblock(m, block)
+        per = m.heads
+        while per and (m.heads % per or not self._shiftable(pow2(per * stride))):
+            per -= 1
+        if not per:
+            raise ValueError(
+                f"{self.n} rows of a {stride}-slot head window do not fit one ciphertext of {self.e.slots}"
+            )
+        return self.relayout(m, pow2(per * stride), m.heads // per, stride)
 
     # products
     def _diag(self, key: str, w: np.ndarray, r: int, shift: int, block: int, tall: bool) -> np.ndarray:
@@ -268,7 +308,7 @@ class Packer:
         tall = p_out < p_in
         if self.block < p_in + (p_out if tall else d_out) - 1:
             raise ValueError(f"block {self.block} too small for a {d_in}x{d_out} product")
-        x = self.clean(self.reblock(x, self.block))
+        x = self.clean(self.relayout(x, self.block))
         count = p_out if tall else p_in  # diagonals
         g = pow2(int(np.ceil(np.sqrt(count))))
         cts = []
@@ -332,46 +372,56 @@ class Packer:
         return acc
 
     def qk(self, q: Mat, k: Mat) -> Mat:
-        """q @ k^T for every head: scores in the diagonal layout."""
+        """q @ k^T for every head: scores in the diagonal layout, per head group."""
         q, k = self.compact(q), self.compact(k)
-        if q.kind != "row" or k.kind != "row" or self.n > q.stride or q.block != k.block:
-            raise ValueError("qk needs (seq, hd) matrices with seq <= head window, at one block")
+        if q.kind != "row" or k.kind != "row" or (q.block, q.groups, q.stride) != (k.block, k.groups, k.stride):
+            raise ValueError("qk needs (seq, hd) matrices laid out alike")
         if q.heads > 1:  # one head's junk (a tall linear's fold) lies past its span, which the sums skip
             q, k = self.clean(q), self.clean(k)
-        qc, kc = self.e.ensure(q.cts[0], 2), self.e.ensure(k.cts[0], 2)
-        k2, span, start = self._doubled(kc, q.block), pow2(q.width), self._window_start(q)
-        key = ("start", q.heads, q.stride, q.block)
-        terms = (
-            self.e.mul_plain(self._rotsum(self.e.mul(qc, shifted), span, 1), start, key=key)
-            for shifted in self._shifts(k2, q.block)
-        )
-        return replace(q, cts=(self._gather(terms, 1),), kind="diag", width=self.n, valid=self.n, junk=False)
+        span, start, key = pow2(q.width), self._window_start(q), ("start", q.heads_per_ct, q.stride, q.block)
+        cts = []
+        for qc, kc in zip(q.cts, k.cts, strict=True):
+            qc, kc = self.e.ensure(qc, 2), self.e.ensure(kc, 2)
+            terms = (
+                self.e.mul_plain(self._rotsum(self.e.mul(qc, shifted), span, 1), start, key=key)
+                for shifted in self._shifts(self._doubled(kc, q.block), q.block)
+            )
+            cts.append(self._gather(terms, 1))
+        return replace(q, cts=tuple(cts), kind="diag", width=self.n, valid=self.n, junk=False)
 
     def av(self, p: Mat, v: Mat) -> Mat:
-        """weights (diagonal layout) @ v for every head."""
+        """weights (diagonal layout) @ v for every head, per head group."""
         v = self.compact(v)
-        if p.kind != "diag" or v.kind != "row" or p.block != v.block:
-            raise ValueError("av needs diagonal-layout weights and a (seq, hd) matrix at one block")
+        if p.kind != "diag" or v.kind != "row" or (p.block, p.groups, p.stride) != (v.block, v.groups, v.stride):
+            raise ValueError("av needs diagonal-layout weights and a (seq, hd) matrix laid out alike")
         if v.heads > 1:  # as in `qk`: one head's junk is never summed
             v = self.clean(v)
-        pc, vc = self.e.ensure(p.cts[0], 2), self.e.ensure(v.cts[0], 1)
-        v2, span, start = self._doubled(vc, v.block), pow2(v.width), self._window_start(v)
-        key, acc = ("start", v.heads, v.stride, v.block), None
-        for diagonal, shifted in zip(self._shifts(pc, 1), self._shifts(v2, v.block), strict=True):
-            column = self._rotsum(self.e.mul_plain(diagonal, start, key=key), span, -1)
-            term = self.e.mul(column, shifted)
-            acc = term if acc is None else self.e.add(acc, term)
-        return replace(v, cts=(acc,), junk=False)
+        span, start, key = pow2(v.width), self._window_start(v), ("start", v.heads_per_ct, v.stride, v.block)
+        cts = []
+        for pc, vc in zip(p.cts, v.cts, strict=True):
+            pc, vc, acc = self.e.ensure(pc, 2), self.e.ensure(vc, 1), None
+            shifts = zip(self._shifts(pc, 1), self._shifts(self._doubled(vc, v.block), v.block), strict=True)
+            for diagonal, shifted in shifts:
+                column = self._rotsum(self.e.mul_plain(diagonal, start, key=key), span, -1)
+                term = self.e.mul(column, shifted)
+                acc = term if acc is None else self.e.add(acc, term)
+            cts.append(acc)
+        return replace(v, cts=tuple(cts), junk=False)
 
     def columns_to_diag(self, m: Mat) -> Mat:
         """The transpose of a (seq, 1) column, broadcast down the rows, in the diagonal layout."""
         m = self.widen(self.compact(m), self.n)
-        shifted = self._doubled(self.e.ensure(m.cts[0], 1), m.block)
         diag = replace(m, kind="diag", width=self.n, valid=self.n)
-        acc = None
-        for s, rotated in enumerate(self._shifts(shifted, m.block)):
-            one = np.zeros((self.n, self.n))
-            one[np.arange(self.n), (np.arange(self.n) + s) % self.n] = 1.0
-            term = self.e.mul_plain(rotated, self.place(diag, one)[0], key=("coldiag", m.heads, m.stride, m.block, s))
-            acc = term if acc is None else self.e.add(acc, term)
-        return replace(diag, cts=(acc,), junk=False)
+        cts = []
+        for ct in m.cts:
+            acc = None
+            for s, rotated in enumerate(self._shifts(self._doubled(self.e.ensure(ct, 1), m.block), m.block)):
+                one = np.zeros((self.n, self.n))
+                one[np.arange(self.n), (np.arange(self.n) + s) % self.n] = 1.0
+                key = ("coldiag", m.heads_per_ct, m.stride, m.block, s)
+                term = self.e.mul_plain(
+                    rotated, self.place(replace(diag, groups=1, heads=m.heads_per_ct), one)[0], key=key
+                )
+                acc = term if acc is None else self.e.add(acc, term)
+            cts.append(acc)
+        return replace(diag, cts=tuple(cts), junk=False)

@@ -129,7 +129,8 @@ class LattigoBackend(PackedCkks):
 
     def __init__(self, cfg: LattigoConfig):
         super().__init__(cfg)
-        self.per_op: dict[str, dict[str, Any]] = {}
+        self.per_op: dict[str, dict[str, Any]] = {}  # op -> its work on the dry run, priced
+        self.unit: dict | None = None  # the cost model's prices
 
     def max_slots(self) -> int:
         return 1 << (self.cfg.log_n - 1)
@@ -138,9 +139,8 @@ class LattigoBackend(PackedCkks):
         _, block, slots = cell_shape(workload)
         params = lp.make(self.cfg, min(pow2(slots), self.max_slots()))
         lp.check_security(params, self.cfg.allow_insecure)
-        dry = self.dry(params, workload, weights, bootstrap=True)
         self.unit = cost.model(params)
-        self.per_op = self._priced_ops(params, workload, weights)
+        dry = self._priced_dry_run(params, workload, weights)
         steps = dry.stats.steps
         rotation_keys = len(steps | {1 << i for i in range(params.power_of_two_steps())})
         self.info = {
@@ -157,11 +157,10 @@ class LattigoBackend(PackedCkks):
             "rotation_key_bytes": rotation_keys * params.switch_key_bytes(),
             "relin_key_bytes": params.switch_key_bytes(),
         }
-        if self.cfg.mode == "count":
-            self.info.update(key_bytes=self.info["rotation_key_bytes"] + self.info["relin_key_bytes"])
-            self._start(self.dry(params, workload, weights, bootstrap=True), workload)
+        if self.cfg.mode == "count":  # a fresh twin stands in for the ciphertexts
+            self.info["key_bytes"] = self.info["rotation_key_bytes"] + self.info["relin_key_bytes"]
+            self._start(DryEngine(params, bootstrap=True), workload)
         else:
-            # bootstrapping keys: ~BOOT_KEYS switching keys (CoeffsToSlots / SlotsToCoeffs rotations and more)
             keys = (rotation_keys + 1 + BOOT_KEYS) * params.switch_key_bytes()
             self.check_memory(keys, dry.plains, lambda level: params.n * (level + 1) * 8)
             self._start(self._execute_engine(params, steps, dry.plains), workload)
@@ -189,24 +188,25 @@ class LattigoBackend(PackedCkks):
             self.per_op = {op: {**row, **self._price(row["_work"])} for op, row in self.per_op.items()}
         return engine
 
-    def _priced_ops(self, params, workload, weights) -> dict[str, dict[str, Any]]:
-        """Each op's primitive work on the dry run (and so its estimated seconds), `protect` and
-        `reveal` (the client's encryptions and decryptions) included."""
+    def _priced_dry_run(self, params, workload, weights) -> DryEngine:
+        """The cell on the numpy twin (its depth, rotation steps, bootstraps and plaintexts), each
+        op's primitive work priced on the way (`protect` and `reveal`, the client's encryptions and
+        decryptions, included)."""
         engine = DryEngine(params, bootstrap=True)
         self._bind(engine, workload)
-        found: dict[str, dict[str, Any]] = {}
+        self.per_op = {}
 
         def rec(name, fn):
             before = Counter(engine.stats.work)
             out = fn()
             work = engine.stats.work - before
-            found[name] = {"_work": work, **self._price(work)}
+            self.per_op[name] = {"_work": work, **self._price(work)}
             return out
 
         x = rec("protect", lambda: self.protect(workload.inputs()))
         out = workload.forward(self.ops, rec, x, self._weights(weights))
         rec("reveal", lambda: self.reveal(out))
-        return found
+        return engine
 
     def _price(self, work) -> dict[str, Any]:
         seconds = cost.estimate(work, self.unit)
@@ -238,7 +238,7 @@ class LattigoBackend(PackedCkks):
         return {**self.info, "ct_bytes": self.last["up"] + self.last["down"], "est_he_s": total, "estimated": counted}
 
 
-BOOT_KEYS = 48  # switching keys a bootstrapper holds, roughly: the memory guard's allowance
+BOOT_KEYS = 48  # switching keys a bootstrapper holds (CoeffsToSlots / SlotsToCoeffs rotations and more), roughly
 
 
 def resident_bytes() -> int:
