@@ -8,6 +8,7 @@ library's failures turned into fixes), `counters` and `metrics`.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +59,7 @@ class CkksConfig(BackendConfig):
     rsqrt_hi: float = 4.0
     rsqrt_degree: int = 3
     rsqrt_newton: int = 2
-    max_memory_gb: float = 20.0  # keys and encoded weights beyond this are refused before keygen
+    max_memory_gb: float | None = None  # keys and encoded weights beyond this are refused; None: 95% of RAM
 
 
 def validate_approx(cfg: CkksConfig) -> None:
@@ -70,8 +71,8 @@ def validate_approx(cfg: CkksConfig) -> None:
         raise ConfigError("backend.recip_lo / recip_hi: set both (0 < lo < hi) or neither")
     if not 0 < cfg.rsqrt_lo < cfg.rsqrt_hi:
         raise ConfigError("backend.rsqrt_lo / rsqrt_hi: need 0 < lo < hi")
-    if cfg.max_memory_gb <= 0:
-        raise ConfigError("backend.max_memory_gb must be positive")
+    if cfg.max_memory_gb is not None and cfg.max_memory_gb <= 0:
+        raise ConfigError("backend.max_memory_gb must be positive (or unset: 95% of this machine's memory)")
     err = approx.exp_error(cfg.exp_lo, cfg.exp_hi, cfg.exp_degree, cfg.exp_squarings)
     if err > APPROX_LIMIT:
         raise ConfigError(
@@ -189,15 +190,19 @@ class PackedCkks(Backend):
         self.reference = flatten(workload.reference()[0])
         self.info["output_precision_bits"] = math.nan
 
-    def check_memory(self, keys: int, plains: dict, plain_bytes) -> None:
-        """Refuse, before keygen, a cell whose keys (`keys` bytes) and encoded plaintexts (the dry
-        run's, `plain_bytes(level)` each) would not fit `max_memory_gb`."""
-        need = (keys + sum(plain_bytes(level) for _, level in plains)) / 2**30
-        if need > self.cfg.max_memory_gb:
+    def memory_limit(self) -> int:
+        """Bytes the cell's keys and plaintexts may take: `max_memory_gb`, or 95% of this machine's."""
+        if self.cfg.max_memory_gb is not None:
+            return int(self.cfg.max_memory_gb * 2**30)
+        return int(0.95 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+    def check_memory(self, need: int) -> None:
+        """Refuse, before keygen, a cell whose keys and encoded plaintexts (`need` bytes) do not fit."""
+        if need > self.memory_limit():
             raise ConfigError(
-                f"{self.name}: this cell's keys and encoded weights need ~{need:.1f} GB > backend.max_memory_gb="
-                f"{self.cfg.max_memory_gb:g}; shrink the cell or the modulus chain, or raise the limit if the "
-                "machine has the memory"
+                f"{self.name}: this cell's keys and encoded weights need ~{need / 2**30:.1f} GB > "
+                f"{self.memory_limit() / 2**30:.1f} GB (backend.max_memory_gb); shrink the cell or the modulus chain, "
+                "or raise the limit if the machine has the memory"
             )
 
     def _weights(self, weights):

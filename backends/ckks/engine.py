@@ -41,15 +41,34 @@ class Stats:
     round_trips: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
-    steps: set[int] = field(default_factory=set)
+    steps: Counter = field(default_factory=Counter)  # rotation step -> uses
     work: Counter = field(default_factory=Counter)  # (primitive, level) -> uses: a cost model's input
+
+
+def signed_powers(steps: int) -> list[int]:
+    """`steps` as a sum of signed powers of two with no two adjacent (non-adjacent form): the
+    fewest rotations by power-of-two keys."""
+    parts, bit = [], 0
+    while steps:
+        if steps & 1:
+            digit = 2 - (steps & 3)  # +1 or -1
+            parts.append(digit << bit)
+            steps -= digit
+        steps >>= 1
+        bit += 1
+    return parts
+
+
+def power_of_two_steps(slots: int) -> set[int]:
+    """Every signed power of two below the slot count: the keys any rotation can be composed of."""
+    return {sign << i for i in range(slots.bit_length() - 1) for sign in (1, -1)} - {-slots // 2}
 
 
 class Engine:
     """Level-aware slot-vector arithmetic; subclasses supply the primitives `_*`."""
 
-    def __init__(self, params: Params, bootstrap: bool = False):
-        self.params, self.bootstrap = params, bootstrap
+    def __init__(self, params: Params, bootstrap: bool = False, keyed: set[int] | None = None):
+        self.params, self.bootstrap, self.keyed = params, bootstrap, keyed
         self.slots = params.slots
         self.stats = Stats()
         self._refreshed: dict[int, tuple[Ct, Ct]] = {}
@@ -151,16 +170,23 @@ class Engine:
         return self._made(self._mul(a.raw, b.raw, a.level), a.level - 1, max(a.depth, b.depth) + 1)
 
     def rotate(self, a: Ct, steps: int) -> Ct:
-        """Left rotation by `steps` (negative: right), cyclic over all slots."""
+        """Left rotation by `steps` (negative: right), cyclic over all slots. With `keyed` set,
+        a step without a key is composed of keyed signed powers of two (its non-adjacent form)."""
         steps %= self.slots
         if not steps:
             return a
         if steps > self.slots // 2:
             steps -= self.slots
-        self.stats.rotations += 1
-        self.stats.work["rotate", a.level] += 1
-        self.stats.steps.add(steps)
-        return Ct(self._rotate(a.raw, steps), a.level, a.depth)
+        parts = [steps] if self.keyed is None or steps in self.keyed else signed_powers(steps)
+        for part in parts:
+            part = (
+                part - self.slots if part > self.slots // 2 else part + self.slots if part <= -self.slots // 2 else part
+            )
+            self.stats.rotations += 1
+            self.stats.work["rotate", a.level] += 1
+            self.stats.steps[part] += 1
+            a = Ct(self._rotate(a.raw, part), a.level, a.depth)
+        return a
 
     def _encrypt(self, values): ...
     def _decrypt(self, raw): ...
@@ -175,7 +201,10 @@ class Engine:
 
 
 class DryEngine(Engine):
-    """Exact numpy twin: same levels, rotations and refreshes, no noise, no keys."""
+    """Exact numpy twin: same levels, rotations and refreshes, no noise, no keys. `boot_extent`:
+    the slots the bootstrapped ciphertexts use (a sparse bootstrapper must cover them)."""
+
+    boot_extent = 0
 
     def _encrypt(self, values):
         return values.copy()
@@ -208,4 +237,6 @@ class DryEngine(Engine):
         return np.roll(a, -steps)
 
     def _bootstrap(self, raw):
+        used = np.flatnonzero(raw)
+        self.boot_extent = max(self.boot_extent, int(used[-1]) + 1 if used.size else 0)
         return raw.copy()

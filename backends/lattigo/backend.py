@@ -10,17 +10,19 @@ out, this backend bootstraps it on the server.
 Bootstrapping is placed by a dry run of the cell on the numpy twin (`DryEngine` with the
 bootstrap policy): a ciphertext is bootstrapped when the next product needs a level it lacks, so
 the predicted `bootstraps` and `depth` are the executed ones. The bootstrapper refreshes the
-smallest power-of-two slot count holding the cell (sparse-slot bootstrapping) and a mask clears
-the copies it leaves in the other slots (one level).
+smallest power-of-two slot count holding every bootstrapped ciphertext's data, as the dry run
+finds it (sparse-slot bootstrapping), and a mask clears the copies it leaves in the other slots
+(one level). Sparse slots matter for memory more than for time: at LogN 16 the bootstrapping keys
+for all 2^15 slots take ~19 GB, for fewer slots less (measured per slot count, `cost`).
 
 Parameters (`params`): Lattigo's documented 128-bit set `N16QP1546H192H32` by default; anything
 else has no security figure here and is refused unless `allow_insecure`. Keys are made per cell
-(the library's bindings serialize no bootstrapping key), after a memory guard that refuses
-parameter sets whose keys and plaintexts would not fit (`max_memory_gb`).
+(the library's bindings serialize no bootstrapping key), after a memory guard that refuses cells
+whose keys (bootstrapping keys as measured before) and plaintexts would not fit `max_memory_gb`.
 
 Modes: `execute` runs the cell; `count` runs only the dry run (the numpy twin stands in for the
 ciphertexts: exact outputs, the executed counts) and prices it with the cost model (`cost`),
-rows marked `estimated`. The quick sweep uses `count`: keys alone take 1.5 minutes at LogN 16.
+rows marked `estimated`. The quick sweep uses `count`: keys alone take 1-3 minutes at LogN 16.
 Not supported (skipped): relu softmax and erf GELU (no polynomial form here), lora_update
 (transposes of private activations), cells wider than one ciphertext (GPT-2 widths: 2^15 slots
 hold seq x 2 d_model only up to seq 16 at d_model 768).
@@ -49,7 +51,7 @@ from backends.base import (
 )
 from backends.ckks.backend import COLUMNS as CKKS_COLUMNS
 from backends.ckks.backend import SOFTMAX, CkksConfig, PackedCkks, cell_shape, validate_approx
-from backends.ckks.engine import DryEngine, Stats
+from backends.ckks.engine import DryEngine, Stats, power_of_two_steps, signed_powers
 from backends.ckks.tensor import pow2
 from backends.lattigo import cost
 from backends.lattigo import params as lp
@@ -65,8 +67,9 @@ COLUMNS = (
            True, "size"),
     Column("rotation_key_bytes", "bytes", "cell", "their size, part of `key_bytes`", True, "size"),
     Column("relin_key_bytes", "bytes", "cell", "the relinearization key, part of `key_bytes`", True, "size"),
-    Column("boot_key_bytes", "bytes", "cell", "resident memory the bootstrapping keys took (measured; "
-           "the bindings cannot serialize them), part of `key_bytes`", kind="size"),
+    Column("boot_key_bytes", "bytes", "cell", "resident memory the bootstrapping keys took (measured: the bindings "
+           "cannot serialize them; counting mode: as measured before at these slots), part of `key_bytes`",
+           kind="size"),
     Column("boot_keygen_s", "s", "cell", "making the bootstrapping keys, part of `keygen_s`", kind="setup"),
     Column("log_n", "count", "cell", "log2 of the ring degree N (N/2 slots)", True, "parameter"),
     Column("param_set", "text", "cell", "the parameter set (`N16QP1546H192H32`: Lattigo's documented default)",
@@ -136,13 +139,21 @@ class LattigoBackend(PackedCkks):
         return 1 << (self.cfg.log_n - 1)
 
     def setup(self, workload, weights):
-        _, block, slots = cell_shape(workload)
-        params = lp.make(self.cfg, min(pow2(slots), self.max_slots()))
+        _, block, _ = cell_shape(workload)
+        params = lp.make(self.cfg, self.max_slots())
         lp.check_security(params, self.cfg.allow_insecure)
-        self.unit = cost.model(params)
-        dry = self._priced_dry_run(params, workload, weights)
-        steps = dry.stats.steps
-        rotation_keys = len(steps | {1 << i for i in range(params.power_of_two_steps())})
+        dry = self._dry_run(params, workload, weights)
+        sparse = pow2(max(dry.boot_extent, MIN_BOOT_SLOTS))
+        if sparse <= params.slots // 4:  # measured: half the slots take as much key memory as all of them
+            # the sparse mask costs a level, which may move bootstraps: keep it only if they still fit
+            again = self._dry_run(lp.make(self.cfg, sparse), workload, weights)
+            if again.boot_extent <= sparse:
+                params, dry = lp.make(self.cfg, sparse), again
+        keyed = self._keyed_steps(params, dry)
+        if keyed is not None:
+            dry = self._dry_run(params, workload, weights, keyed)
+        self._price_ops(cost.model(params))
+        steps = set(dry.stats.steps) | library_steps(params)
         self.info = {
             "security_bits": params.security_bits,
             "log_n": params.log_n,
@@ -153,25 +164,46 @@ class LattigoBackend(PackedCkks):
             "slot_block": block,
             "he_mode": self.cfg.mode,
             "approx": self.approx_text(workload),
-            "rotation_keys": rotation_keys,
-            "rotation_key_bytes": rotation_keys * params.switch_key_bytes(),
+            "rotation_keys": len(steps),
+            "rotation_key_bytes": len(steps) * params.switch_key_bytes(),
             "relin_key_bytes": params.switch_key_bytes(),
         }
         if self.cfg.mode == "count":  # a fresh twin stands in for the ciphertexts
-            self.info["key_bytes"] = self.info["rotation_key_bytes"] + self.info["relin_key_bytes"]
-            self._start(DryEngine(params, bootstrap=True), workload)
+            boot = cost.boot_key_bytes(params)
+            keys = boot + self.info["rotation_key_bytes"] + self.info["relin_key_bytes"]
+            self.info.update(boot_key_bytes=boot, key_bytes=keys)
+            self._start(DryEngine(params, bootstrap=True, keyed=keyed), workload)
         else:
-            keys = (rotation_keys + 1 + BOOT_KEYS) * params.switch_key_bytes()
-            self.check_memory(keys, dry.plains, lambda level: params.n * (level + 1) * 8)
-            self._start(self._execute_engine(params, steps, dry.plains), workload)
+            self._start(self._execute_engine(params, steps, keyed, dry.plains), workload)
         self.info["he_cost_model"] = cost.text(self.unit)
         return self._weights(weights)
 
-    def _execute_engine(self, params, steps, plains):
+    def _key_room(self, params) -> int:
+        """Bytes left for rotation keys and plaintexts: the memory limit less the bootstrapping keys
+        (as measured before), the relinearization key and `WORKING_BYTES` of live ciphertexts."""
+        return self.memory_limit() - cost.boot_key_bytes(params) - params.switch_key_bytes() - WORKING_BYTES
+
+    def _keyed_steps(self, params, dry) -> set[int] | None:
+        """The rotation steps that get keys: all the cell uses if they fit beside the bootstrapping
+        keys (None), else the signed powers of two and, within the room left, the steps whose
+        composition would cost the most rotations; the rest are composed of powers of two."""
+        per_key, base = params.switch_key_bytes(), power_of_two_steps(params.slots)
+        room = self._key_room(params) // per_key
+        if len(set(dry.stats.steps) | library_steps(params)) <= room:
+            return None
+        if len(base) > room:
+            need = cost.boot_key_bytes(params) + (len(base) + 1) * per_key + WORKING_BYTES
+            self.check_memory(need)  # raises: not even the powers of two fit
+        saved = {s: uses * (len(signed_powers(s)) - 1) for s, uses in dry.stats.steps.items() if s not in base}
+        return base | set(sorted(saved, key=saved.get, reverse=True)[: room - len(base)])
+
+    def _execute_engine(self, params, steps, keyed, plains):
         from backends.lattigo.engine import LattigoEngine
 
+        keys = cost.boot_key_bytes(params) + (len(steps) + 1) * params.switch_key_bytes() + WORKING_BYTES
+        self.check_memory(keys)
         start = perf_counter()
-        engine = LattigoEngine(params, steps)
+        engine = LattigoEngine(params, steps, keyed)
         boot_start, rss = perf_counter(), resident_bytes()
         engine.make_bootstrapper()
         boot_s, boot_bytes = perf_counter() - boot_start, max(resident_bytes() - rss, 0)
@@ -181,26 +213,25 @@ class LattigoBackend(PackedCkks):
             boot_key_bytes=boot_bytes,
             key_bytes=self.info["rotation_key_bytes"] + self.info["relin_key_bytes"] + boot_bytes,
         )
-        engine.preload(plains)
+        # the weights' encodings as far as memory allows (a server keeps its model encoded); the rest on the fly
+        engine.preload(plains, self.memory_limit() - keys)
         if self.unit is None or self.unit["source"] != "this machine":  # not measured here at these slots
-            self.unit = cost.calibrate(engine)
+            self._price_ops(cost.calibrate(engine, boot_bytes))
             engine.stats, engine.depth_total = Stats(), 0  # the calibration's uses are not the cell's
-            self.per_op = {op: {**row, **self._price(row["_work"])} for op, row in self.per_op.items()}
         return engine
 
-    def _priced_dry_run(self, params, workload, weights) -> DryEngine:
+    def _dry_run(self, params, workload, weights, keyed: set[int] | None = None) -> DryEngine:
         """The cell on the numpy twin (its depth, rotation steps, bootstraps and plaintexts), each
-        op's primitive work priced on the way (`protect` and `reveal`, the client's encryptions and
-        decryptions, included)."""
-        engine = DryEngine(params, bootstrap=True)
+        op's primitive work recorded on the way (`protect` and `reveal`, the client's encryptions
+        and decryptions, included) for `_price_ops`."""
+        engine = DryEngine(params, bootstrap=True, keyed=keyed)
         self._bind(engine, workload)
         self.per_op = {}
 
         def rec(name, fn):
             before = Counter(engine.stats.work)
             out = fn()
-            work = engine.stats.work - before
-            self.per_op[name] = {"_work": work, **self._price(work)}
+            self.per_op[name] = {"_work": engine.stats.work - before}
             return out
 
         x = rec("protect", lambda: self.protect(workload.inputs()))
@@ -208,12 +239,13 @@ class LattigoBackend(PackedCkks):
         rec("reveal", lambda: self.reveal(out))
         return engine
 
-    def _price(self, work) -> dict[str, Any]:
-        seconds = cost.estimate(work, self.unit)
-        row = {"est_he_s": seconds}
-        if self.cfg.mode == "count":
-            row.update(latency_s=seconds, latency_iqr_s=float("nan"), estimated=True)
-        return row
+    def _price_ops(self, unit: dict | None) -> None:
+        """Each op's estimated seconds from its work (the op's latency too in counting mode)."""
+        self.unit = unit
+        for row in self.per_op.values():
+            row["est_he_s"] = cost.estimate(row["_work"], unit)
+            if self.cfg.mode == "count":
+                row.update(latency_s=row["est_he_s"], latency_iqr_s=float("nan"), estimated=True)
 
     def op_counters(self):
         return {op: {k: v for k, v in row.items() if not k.startswith("_")} for op, row in self.per_op.items()}
@@ -238,7 +270,13 @@ class LattigoBackend(PackedCkks):
         return {**self.info, "ct_bytes": self.last["up"] + self.last["down"], "est_he_s": total, "estimated": counted}
 
 
-BOOT_KEYS = 48  # switching keys a bootstrapper holds (CoeffsToSlots / SlotsToCoeffs rotations and more), roughly
+MIN_BOOT_SLOTS = 16
+WORKING_BYTES = 2**30  # live ciphertexts and the process itself, beside keys and plaintexts
+
+
+def library_steps(params) -> set[int]:
+    """The rotation keys the library makes anyway: every positive power of two below the slots."""
+    return {1 << i for i in range(params.power_of_two_steps())}
 
 
 def resident_bytes() -> int:

@@ -5,12 +5,13 @@ the primes its operand carries, so the model prices `rotate` (key switch), `mul`
 relinearized and rescaled), `mul_plain` (one term of a plaintext dot product), `rescale` (one per
 dot product) and `add` at the top level and at level 1, linear in the level between (and beyond);
 `bootstrap` (at the parameter set's bootstrap slot count) and the client's `encrypt` / `decrypt`
-(one ciphertext) have one price. Calibration times each at both levels (median of `RUNS` after a
-warm-up; bootstrap: one after a warm-up) once per machine, parameter set and slot count, on the
-keys an executed cell has made anyway, and caches it outside the repository. Where this machine
-has no calibration yet (counting mode never makes keys), the reference machine's
-(`reference_cost.json`: 2 cores, the CI's class; its entries are a cache file's) stands in, and
-rows say so in `he_cost_model`.
+(one ciphertext) have one price. The memory the bootstrapping keys took is kept beside the prices (`boot_key_bytes`),
+for the memory guard of the next cell (2^15 slots at LogN 16: ~19 GB). Calibration times each at
+both levels (median of `RUNS` after a warm-up; bootstrap: one after a warm-up) once per machine,
+parameter set and slot count, on the keys an executed cell has made anyway, and caches it outside
+the repository. Where this machine has no calibration yet (counting mode never makes keys), the
+reference machine's (`reference_cost.json`: 2 cores, the CI's class; its entries are a cache
+file's) stands in, and rows say so in `he_cost_model`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ RUNS = 3
 TERMS = 9  # terms of the long dot product that separates a term's cost from the rescale's
 BY_LEVEL = ("rotate", "mul", "mul_plain", "rescale", "add")
 FLAT = ("bootstrap", "encrypt", "decrypt")
+BOOT_MEMORY = "boot_key_bytes"  # the tables' section of measured bootstrapping-key memory, by parameters
 
 
 def key(params, boot_slots: int | None = None) -> str:
@@ -50,12 +52,27 @@ def model(params) -> dict | None:
     """The prices for these parameters (`source`: whose machine), or None if unmeasured. Without a
     calibration at this bootstrap slot count, the nearest one (in log2 slots) stands in."""
     for table, source in ((_read(CACHE).get(machine(), {}), "this machine"), (_read(REFERENCE), "reference machine")):
-        measured = [s for s in (1 << i for i in range(params.log_n)) if key(params, s) in table]
+        measured = [s for s in (1 << i for i in range(params.log_n)) if key(params, s) in table]  # priced
         if measured:
             nearest = min(measured, key=lambda s: (abs(s.bit_length() - params.boot_slots.bit_length()), -s))
             exact = "" if nearest == params.boot_slots else f", bootstrap measured at {nearest} slots"
             return {**table[key(params, nearest)], "source": source + exact}
     return None
+
+
+def boot_key_bytes(params) -> int:
+    """Memory the bootstrapping keys will take (for the guard before keygen): as measured here or
+    on the reference machine at these slots, or at the nearest larger slot count measured; without
+    any measurement, 350 switching keys (about what 2^15 slots took at LogN 16)."""
+    found = {}
+    for table in (_read(REFERENCE), _read(CACHE).get(machine(), {})):
+        for s in (1 << i for i in range(params.log_n)):
+            if key(params, s) in table.get(BOOT_MEMORY, {}):
+                found[s] = table[BOOT_MEMORY][key(params, s)]
+    larger = [s for s in found if s >= params.boot_slots]
+    if larger:
+        return found[min(larger)]
+    return max(found.values(), default=350 * params.switch_key_bytes())
 
 
 def price(prices: dict, primitive: str, level: int) -> float:
@@ -106,8 +123,9 @@ def _at_level(engine, ct, level: int) -> dict[str, float]:
     }
 
 
-def calibrate(engine) -> dict:
-    """Time each primitive on `engine` (keys and bootstrapper made) and cache the prices."""
+def calibrate(engine, boot_bytes: int) -> dict:
+    """Time each primitive on `engine` (keys and bootstrapper made) and cache the prices, with the
+    memory its bootstrapping keys took (`boot_bytes`)."""
     p = engine.params
     report_activity(f"calibrating the CKKS cost model for {key(p)} (once per machine)")
     values = np.linspace(-1, 1, p.slots)
@@ -126,6 +144,7 @@ def calibrate(engine) -> dict:
     found |= {prim: [bottom[prim], top[prim]] for prim in BY_LEVEL}
     table = _read(CACHE)
     table.setdefault(machine(), {})[key(p)] = found
+    table[machine()].setdefault(BOOT_MEMORY, {})[key(p)] = boot_bytes
     CACHE.parent.mkdir(parents=True, exist_ok=True)
     CACHE.write_text(json.dumps(table, indent=1))
     return {**found, "source": "this machine"}

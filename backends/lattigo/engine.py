@@ -34,8 +34,8 @@ class LattigoEngine(Engine):
     """One scheme per process (the library's global): keys, rotation keys for `steps` and a
     bootstrapper for `params.boot_slots`, made here (the cell's key generation)."""
 
-    def __init__(self, params: Params, steps: set[int]):
-        super().__init__(params, bootstrap=True)
+    def __init__(self, params: Params, steps: set[int], keyed: set[int] | None = None):
+        super().__init__(params, bootstrap=True, keyed=keyed)
         self.lib = lib = library.load()
         lib.DeleteScheme()
         q, p = library.ints(params.log_q), library.ints(params.log_p)
@@ -65,10 +65,14 @@ class LattigoEngine(Engine):
             mask[: p.boot_slots] = 1.0
             self.plain_cache[(BOOT_MASK, p.levels)] = self._encode(mask, p.levels, self.primes[p.levels])
 
-    def preload(self, plains: dict[tuple[object, int], np.ndarray]) -> None:
+    def preload(self, plains: dict[tuple[object, int], np.ndarray], budget: float = float("inf")) -> None:
         """Encode the server's plaintexts (weight diagonals, masks) once, at the levels the dry run
-        used them: a deployed server does this when it loads the model."""
+        used them, as far as `budget` bytes go: a deployed server does this when it loads the model.
+        The others are encoded when used."""
         for (key, level), values in plains.items():
+            budget -= self.params.n * (level + 1) * 8
+            if budget < 0:
+                return
             self.plain_cache[(key, level)] = self._encode(values, level, self.primes[level])
 
     def _encode(self, values, level: int, scale: float) -> int:

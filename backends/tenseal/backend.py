@@ -9,7 +9,7 @@ ciphertext x ciphertext products with scores in a diagonal layout, row sums are 
 Parameters: a dry run of the cell on a numpy twin of the engine (`DryEngine`) gives its depth and
 the rotation steps; N is the smallest ring holding the slots with that many 128-bit-secure levels
 (up to `max_poly_modulus_degree`); deeper cells get as many levels as that N holds, and as its keys
-allow in half of `max_memory_gb`, and refresh ciphertexts through the client when the chain runs
+allow in half of the memory limit (`max_memory_gb`), and refresh ciphertexts through the client when the chain runs
 out (counted in `refreshes`, their bytes in `comm_bytes_*`, their round trips in `rounds`). Galois
 keys are made for exactly the steps used.
 Explicit `poly_modulus_degree` + `coeff_mod_bit_sizes` override the choice; either way, parameters
@@ -161,7 +161,8 @@ class TensealBackend(PackedCkks):
         if shorter != params:
             params, dry = shorter, self.dry(shorter, workload, weights)
         steps = dry.stats.steps
-        self.check_memory(sum(params.key_bytes(len(steps)).values()), dry.plains, lambda lv: params.ct_bytes(lv) // 2)
+        plains = sum(params.ct_bytes(level) // 2 for _, level in dry.plains)
+        self.check_memory(sum(params.key_bytes(len(steps)).values()) + plains)
         try:
             start = perf_counter()
             engine = SealEngine(params, steps, self.cfg.allow_insecure)
@@ -178,7 +179,7 @@ class TensealBackend(PackedCkks):
         """A chosen chain shortened until its keys take at most half of `max_memory_gb`: key-switching
         keys grow with the square of the chain, and a large ring with ~100 rotation steps would
         otherwise need tens of GB; the levels given up become client-aided refreshes."""
-        budget = self.cfg.max_memory_gb * 2**30 / 2
+        budget = self.memory_limit() / 2
         while (
             self.cfg.poly_modulus_degree is None
             and params.levels > 1
