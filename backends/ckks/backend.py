@@ -40,6 +40,9 @@ COLUMNS = (
 
 
 APPROX_LIMIT = 2.0**-10  # a stand-in worse than this on its stated range is refused
+# of this machine's memory, what keys and encoded weights may take by default: a GPT-2 head at seq_len
+# 128 with 18.6 GiB of bootstrapping keys and 2.9 GB of rotation keys was killed for memory at 24 GiB
+MEMORY_SHARE = 0.85
 
 
 @dataclass
@@ -59,7 +62,7 @@ class CkksConfig(BackendConfig):
     rsqrt_hi: float = 4.0
     rsqrt_degree: int = 3
     rsqrt_newton: int = 2
-    max_memory_gb: float | None = None  # keys and encoded weights beyond this are refused; None: 95% of RAM
+    max_memory_gb: float | None = None  # keys and encoded weights beyond this are refused; None: 85% of RAM
 
 
 def validate_approx(cfg: CkksConfig) -> None:
@@ -72,7 +75,7 @@ def validate_approx(cfg: CkksConfig) -> None:
     if not 0 < cfg.rsqrt_lo < cfg.rsqrt_hi:
         raise ConfigError("backend.rsqrt_lo / rsqrt_hi: need 0 < lo < hi")
     if cfg.max_memory_gb is not None and cfg.max_memory_gb <= 0:
-        raise ConfigError("backend.max_memory_gb must be positive (or unset: 95% of this machine's memory)")
+        raise ConfigError("backend.max_memory_gb must be positive (or unset: 85% of this machine's memory)")
     err = approx.exp_error(cfg.exp_lo, cfg.exp_hi, cfg.exp_degree, cfg.exp_squarings)
     if err > APPROX_LIMIT:
         raise ConfigError(
@@ -191,10 +194,11 @@ class PackedCkks(Backend):
         self.info["output_precision_bits"] = math.nan
 
     def memory_limit(self) -> int:
-        """Bytes the cell's keys and plaintexts may take: `max_memory_gb`, or 95% of this machine's."""
+        """Bytes the cell's keys and plaintexts may take: `max_memory_gb`, or `MEMORY_SHARE` of this
+        machine's (key generation's transient peak comes on top of what the keys keep)."""
         if self.cfg.max_memory_gb is not None:
             return int(self.cfg.max_memory_gb * 2**30)
-        return int(0.95 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        return int(MEMORY_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
     def check_memory(self, need: int) -> None:
         """Refuse, before keygen, a cell whose keys and encoded plaintexts (`need` bytes) do not fit."""

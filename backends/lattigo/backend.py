@@ -149,7 +149,8 @@ class LattigoBackend(PackedCkks):
             again = self._dry_run(lp.make(self.cfg, sparse), workload, weights)
             if again.boot_extent <= sparse:
                 params, dry = lp.make(self.cfg, sparse), again
-        keyed = self._keyed_steps(params, dry)
+        # counting mode prices the plan with every key; executing, keys beyond memory become compositions
+        keyed = self._keyed_steps(params, dry) if self.cfg.mode == "execute" else None
         if keyed is not None:
             dry = self._dry_run(params, workload, weights, keyed)
         self._price_ops(cost.model(params))

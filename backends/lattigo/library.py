@@ -80,13 +80,13 @@ def library_path() -> Path | None:
 
 @functools.cache
 def load() -> ctypes.CDLL:
-    """The library, its Go runtime told to collect garbage before the heap nears 95% of this
+    """The library, its Go runtime told to collect garbage before the heap nears 90% of this
     machine's memory (`GOMEMLIMIT`): by default Go lets garbage grow as large as the live heap,
     and the bootstrapping keys alone are ~19 GB at LogN 16."""
     path = library_path()
     if path is None:
         raise RuntimeError("orion-fhe's Lattigo library is missing: `pip install --no-deps orion-fhe==1.0.2`")
-    os.environ.setdefault("GOMEMLIMIT", f"{int(0.95 * os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))}B")
+    os.environ.setdefault("GOMEMLIMIT", f"{int(0.9 * os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))}B")
     lib = ctypes.CDLL(str(path))
     for name, (args, result) in SIGNATURES.items():
         fn = getattr(lib, name)

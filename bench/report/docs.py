@@ -238,7 +238,17 @@ def headline(runs: list[Run], spec: dict[str, Any]) -> str:
     table = cells_table(frame, spec.get("columns"))
     if table is None:
         raise DocsError(f"results/{run.run}/ have no ok cell of {spec['workload']} [{spec['variant']}]")
-    return f"{spec['title']} (`{run.command}`, [all results](docs/results.md)):\n\n{table.to_markdown()}"
+    lines = [f"{spec['title']} (`{run.command}`, [all results](docs/results.md)):", "", table.to_markdown()]
+    for other in (r for r in runs if r.compare):  # measured ratios beside the published ones
+        check_command(other)
+        title = f"{other.title}: {other.compare['op']} against {other.compare['source']}"
+        lines += [
+            "",
+            f"[{title}](docs/results.md#{anchor(other.title)}):",
+            "",
+            compare_table(read_run(other.path)[0], other).to_markdown(),
+        ]
+    return "\n".join(lines)
 
 
 def with_headline(readme: str, table: str) -> str:
