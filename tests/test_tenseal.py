@@ -19,12 +19,12 @@ from workloads.base import ConfigError
 pytest.importorskip("tenseal")
 
 from backends.ckks import approx  # noqa: E402
-from backends.tenseal import TensealConfig  # noqa: E402
-from backends.tenseal import params as cp  # noqa: E402
 from backends.ckks.engine import DryEngine  # noqa: E402
-from backends.tenseal.seal import CkksError, SealEngine, translate  # noqa: E402
 from backends.ckks.ops import CkksOps  # noqa: E402
 from backends.ckks.tensor import Packer, Weight  # noqa: E402
+from backends.tenseal import TensealConfig  # noqa: E402
+from backends.tenseal import params as cp  # noqa: E402
+from backends.tenseal.seal import CkksError, SealEngine, translate  # noqa: E402
 
 QUICK = HarnessConfig(warmup=0, repeats=1)
 GEN = torch.Generator().manual_seed(5)
