@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import torch
 
-from backends.ckks import approx
+from backends.ckks import approx, attention
 from backends.ckks.tensor import Mat, Packer, Transposed, Weight
 from workloads.ops import Ops
 
@@ -26,9 +26,9 @@ class CkksOps(Ops):
 
     def matmul(self, a, b):
         if isinstance(a, Mat) and isinstance(b, Transposed):
-            return self.p.qk(a, b.mat)
+            return attention.qk(self.p, a, b.mat)
         if isinstance(a, Mat) and a.kind == "diag" and isinstance(b, Mat):
-            return self.p.av(a, b)
+            return attention.av(self.p, a, b)
         raise NotImplementedError("ckks: matmul supports q @ k^T and weights @ v only")
 
     def transpose(self, a):
@@ -87,9 +87,9 @@ class CkksOps(Ops):
 
     def _binary(self, op, a, b):
         if isinstance(a, Transposed):
-            a = self.p.columns_to_diag(a.mat)
+            a = attention.columns_to_diag(self.p, a.mat)
         if isinstance(b, Transposed):
-            b = self.p.columns_to_diag(b.mat)
+            b = attention.columns_to_diag(self.p, b.mat)
         if isinstance(a, Mat) and isinstance(b, Mat):
             return self._combine(op, a, b)
         if isinstance(a, Mat):

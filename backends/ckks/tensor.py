@@ -24,13 +24,8 @@ n = seq):
   d_out < d_in: the P_out diagonals of the (P_in, P_out) matrix, then log2(P_in/P_out)
   rotate-and-adds fold the partial sums: P_out products instead of P_in. Row-per-ciphertext
   (TenSEAL's `matmul`) costs seq * d_in rotations instead.
-- `qk_matmul` (ciphertext x ciphertext): n shifted products q * k[(i+s) mod n], each summed over
-  its head window (log2 hd rotations) and masked into position s: scores are stored in a
-  *diagonal* layout, row i slot s = score(i, (i+s) mod n). 2 levels, n (log2 hd + 2) + 1 rotations.
-  Keys are doubled (rows n..2n-1 repeat 0..n-1) so that a row shift is one rotation, no mask;
-  when seq * B fills the slots exactly, rotations are cyclic over rows already.
-- `av_matmul`: the same shifts in reverse: diagonal s of the weights broadcast over the head
-  window (log2 hd rotations) times v shifted by s rows. 2 levels, n (log2 hd + 2) + 1 rotations.
+- `qk_matmul` / `av_matmul` (ciphertext x ciphertext): n shifted products, scores in a diagonal
+  layout (`attention`).
 - row sums (softmax / LayerNorm): replicate within the window, then log2 P rotate-and-adds: the
   sum lands in every slot of the window (a broadcastable column), 0 levels.
 """
@@ -176,7 +171,7 @@ class Packer:
         key = ("mask", m.kind, m.width, m.valid, m.heads, m.stride, m.block)
         return replace(m, cts=self.mul_public(m, self.mask(m), key), junk=False)
 
-    def _rotsum(self, ct: Ct, span: int, sign: int, step: int = 1) -> Ct:
+    def rotsum(self, ct: Ct, span: int, sign: int, step: int = 1) -> Ct:
         """ct + rot(ct, sign * step) + ... doubling the step up to `span` (a power of two)."""
         while step < span:
             ct = self.e.add(ct, self.e.rotate(ct, sign * step))
@@ -194,7 +189,7 @@ class Packer:
             while 2 * filled <= room:
                 ct = self.e.add(ct, self.e.rotate(ct, -filled))
                 filled *= 2
-            cts.append(self._rotsum(ct, span, 1))
+            cts.append(self.rotsum(ct, span, 1))
         return replace(m, cts=tuple(cts), kind="rep", width=fw, valid=filled - span + 1, junk=True)
 
     def widen(self, m: Mat, need: int) -> Mat:
@@ -206,7 +201,7 @@ class Packer:
             raise ValueError(f"a column of width {need} does not fit a head window of {m.stride} slots")
         first = replace(m, valid=1)
         cts = self.mul_public(m, self.mask(first), ("first", m.heads, m.stride, m.block))
-        return replace(m, cts=tuple(self._rotsum(ct, span, -1) for ct in cts), valid=span, junk=False)
+        return replace(m, cts=tuple(self.rotsum(ct, span, -1) for ct in cts), valid=span, junk=False)
 
     # layouts
     def relayout(self, m: Mat, block: int, groups: int = 1, stride: int | None = None) -> Mat:
@@ -329,99 +324,8 @@ class Packer:
                     continue
                 z = self.e.rotate(self.e.dot_plain(*map(list, zip(*terms, strict=True))), k * g)
                 acc = z if acc is None else self.e.add(acc, z)
-            cts.append(self._rotsum(acc, p_in, 1, step=p_out) if tall else acc)
+            cts.append(self.rotsum(acc, p_in, 1, step=p_out) if tall else acc)
         y = Mat(tuple(cts), "row", d_out, 1, self.block, False, d_out, self.block, junk=tall)
         if b is None:
             return y
         return replace(y, cts=tuple(self.e.add_plain(c, v) for c, v in zip(y.cts, self.place(y, b.value), strict=True)))
-
-    def _doubled(self, ct: Ct, block: int) -> Ct:
-        """Rows n..2n-1 repeat rows 0..n-1, so a cyclic row shift is one rotation (nothing to do
-        when the rows fill every slot: rotations are cyclic already)."""
-        if self.n * block == self.e.slots:
-            return ct
-        if 2 * self.n * block > self.e.slots:
-            raise ValueError(f"shifting {self.n} rows of {block} slots needs {2 * self.n * block} slots")
-        return self.e.add(ct, self.e.rotate(ct, -self.n * block))
-
-    def _window_start(self, m: Mat) -> np.ndarray:
-        return self.mask(Mat(m.cts, "rep", 1, m.heads, m.stride, m.split, 1, m.block))[0]
-
-    def _giant(self) -> int:
-        return pow2(int(np.ceil(np.sqrt(self.n))))
-
-    def _shifts(self, ct: Ct, unit: int):
-        """rot(ct, s * unit) for s < n, from ~2 sqrt(n) distinct steps (baby b < g, giant a * g):
-        rotation keys are tens of MB each, so steps are kept few."""
-        g = self._giant()
-        baby = [self.e.rotate(ct, b * unit) for b in range(min(g, self.n))]
-        for s in range(self.n):
-            a, b = divmod(s, g)
-            yield baby[b] if a == 0 else self.e.rotate(baby[b], a * g * unit)
-
-    def _gather(self, terms, unit: int) -> Ct:
-        """sum over s < n of rot(terms[s], -s * unit), with the steps of `_shifts`."""
-        g, acc, inner = self._giant(), None, None
-        for s, x in enumerate(terms):
-            a, b = divmod(s, g)
-            moved = self.e.rotate(x, -b * unit)
-            inner = moved if b == 0 else self.e.add(inner, moved)
-            if b == g - 1 or s == self.n - 1:
-                outer = self.e.rotate(inner, -a * g * unit)
-                acc = outer if acc is None else self.e.add(acc, outer)
-        return acc
-
-    def qk(self, q: Mat, k: Mat) -> Mat:
-        """q @ k^T for every head: scores in the diagonal layout, per head group."""
-        q, k = self.compact(q), self.compact(k)
-        if q.kind != "row" or k.kind != "row" or (q.block, q.groups, q.stride) != (k.block, k.groups, k.stride):
-            raise ValueError("qk needs (seq, hd) matrices laid out alike")
-        if q.heads > 1:  # one head's junk (a tall linear's fold) lies past its span, which the sums skip
-            q, k = self.clean(q), self.clean(k)
-        span, start, key = pow2(q.width), self._window_start(q), ("start", q.heads_per_ct, q.stride, q.block)
-        cts = []
-        for qc, kc in zip(q.cts, k.cts, strict=True):
-            qc, kc = self.e.ensure(qc, 2), self.e.ensure(kc, 2)
-            terms = (
-                self.e.mul_plain(self._rotsum(self.e.mul(qc, shifted), span, 1), start, key=key)
-                for shifted in self._shifts(self._doubled(kc, q.block), q.block)
-            )
-            cts.append(self._gather(terms, 1))
-        return replace(q, cts=tuple(cts), kind="diag", width=self.n, valid=self.n, junk=False)
-
-    def av(self, p: Mat, v: Mat) -> Mat:
-        """weights (diagonal layout) @ v for every head, per head group."""
-        v = self.compact(v)
-        if p.kind != "diag" or v.kind != "row" or (p.block, p.groups, p.stride) != (v.block, v.groups, v.stride):
-            raise ValueError("av needs diagonal-layout weights and a (seq, hd) matrix laid out alike")
-        if v.heads > 1:  # as in `qk`: one head's junk is never summed
-            v = self.clean(v)
-        span, start, key = pow2(v.width), self._window_start(v), ("start", v.heads_per_ct, v.stride, v.block)
-        cts = []
-        for pc, vc in zip(p.cts, v.cts, strict=True):
-            pc, vc, acc = self.e.ensure(pc, 2), self.e.ensure(vc, 1), None
-            shifts = zip(self._shifts(pc, 1), self._shifts(self._doubled(vc, v.block), v.block), strict=True)
-            for diagonal, shifted in shifts:
-                column = self._rotsum(self.e.mul_plain(diagonal, start, key=key), span, -1)
-                term = self.e.mul(column, shifted)
-                acc = term if acc is None else self.e.add(acc, term)
-            cts.append(acc)
-        return replace(v, cts=tuple(cts), junk=False)
-
-    def columns_to_diag(self, m: Mat) -> Mat:
-        """The transpose of a (seq, 1) column, broadcast down the rows, in the diagonal layout."""
-        m = self.widen(self.compact(m), self.n)
-        diag = replace(m, kind="diag", width=self.n, valid=self.n)
-        cts = []
-        for ct in m.cts:
-            acc = None
-            for s, rotated in enumerate(self._shifts(self._doubled(self.e.ensure(ct, 1), m.block), m.block)):
-                one = np.zeros((self.n, self.n))
-                one[np.arange(self.n), (np.arange(self.n) + s) % self.n] = 1.0
-                key = ("coldiag", m.heads_per_ct, m.stride, m.block, s)
-                term = self.e.mul_plain(
-                    rotated, self.place(replace(diag, groups=1, heads=m.heads_per_ct), one)[0], key=key
-                )
-                acc = term if acc is None else self.e.add(acc, term)
-            cts.append(acc)
-        return replace(diag, cts=tuple(cts), junk=False)
