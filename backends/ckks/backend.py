@@ -142,6 +142,8 @@ def packing_why_not(workload, slots: int) -> str | None:
 class PackedCkks(Backend):
     """Shared by the CKKS backends; `self.engine` computes, `self.ops` dispatches the workload's ops."""
 
+    too_large_hint = ""  # what else to do with a cell too large for memory
+
     def __init__(self, cfg: CkksConfig):
         self.cfg = cfg
         self.engine = None
@@ -206,7 +208,7 @@ class PackedCkks(Backend):
             raise ConfigError(
                 f"{self.name}: this cell's keys and encoded weights need ~{need / 2**30:.1f} GB > "
                 f"{self.memory_limit() / 2**30:.1f} GB (backend.max_memory_gb); shrink the cell or the modulus chain, "
-                "or raise the limit if the machine has the memory"
+                f"or raise the limit if the machine has the memory{self.too_large_hint}"
             )
 
     def _weights(self, weights):

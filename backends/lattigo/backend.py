@@ -107,6 +107,7 @@ class LattigoBackend(PackedCkks):
     )
     default_tolerance = 5e-3  # as tenseal's: the approximations dominate; bootstrapping adds ~1e-6
     libraries = ("orion-fhe",)
+    too_large_hint = "; backend.mode=count estimates it without keys"
     threat_model = (
         "client holds the secret key, encrypts its input once and decrypts the output; semi-honest server "
         "holds plaintext weights and the evaluation keys (bootstrapping included) and sees only ciphertexts"
