@@ -76,20 +76,22 @@ def validate_approx(cfg: CkksConfig) -> None:
         raise ConfigError("backend.rsqrt_lo / rsqrt_hi: need 0 < lo < hi")
     if cfg.max_memory_gb is not None and cfg.max_memory_gb <= 0:
         raise ConfigError("backend.max_memory_gb must be positive (or unset: 85% of this machine's memory)")
-    err = approx.exp_error(cfg.exp_lo, cfg.exp_hi, cfg.exp_degree, cfg.exp_squarings)
-    if err > APPROX_LIMIT:
-        raise ConfigError(
-            f"exp on [{cfg.exp_lo:g}, {cfg.exp_hi:g}] with degree {cfg.exp_degree} and {cfg.exp_squarings} squarings "
-            f"is off by {err:.2g} (limit {APPROX_LIMIT:.2g}): raise backend.exp_degree or exp_squarings, or narrow "
-            "the range"
-        )
-    err = approx.rsqrt_error(cfg.rsqrt_lo, cfg.rsqrt_hi, cfg.rsqrt_degree, cfg.rsqrt_newton)
-    if err > APPROX_LIMIT:
-        raise ConfigError(
-            f"1/sqrt on [{cfg.rsqrt_lo:g}, {cfg.rsqrt_hi:g}] with degree {cfg.rsqrt_degree} and {cfg.rsqrt_newton} "
-            f"Newton steps is off by {err:.2g} (limit {APPROX_LIMIT:.2g}): raise backend.rsqrt_degree or "
-            "rsqrt_newton, or narrow the range"
-        )
+    stand_ins = (
+        ("exp", approx.exp_error(cfg.exp_lo, cfg.exp_hi, cfg.exp_degree, cfg.exp_squarings), "exp", "squarings"),
+        (
+            "1/sqrt",
+            approx.rsqrt_error(cfg.rsqrt_lo, cfg.rsqrt_hi, cfg.rsqrt_degree, cfg.rsqrt_newton),
+            "rsqrt",
+            "newton",
+        ),
+    )
+    for what, err, name, steps in stand_ins:
+        if err > APPROX_LIMIT:
+            lo, hi, degree, count = (getattr(cfg, f"{name}_{k}") for k in ("lo", "hi", "degree", steps))
+            raise ConfigError(
+                f"{what} on [{lo:g}, {hi:g}] with degree {degree} and {name}_{steps}={count} is off by {err:.2g} "
+                f"(limit {APPROX_LIMIT:.2g}): raise backend.{name}_degree or {name}_{steps}, or narrow the range"
+            )
 
 
 def flatten(value) -> torch.Tensor:
@@ -143,6 +145,7 @@ class PackedCkks(Backend):
     """Shared by the CKKS backends; `self.engine` computes, `self.ops` dispatches the workload's ops."""
 
     too_large_hint = ""  # what else to do with a cell too large for memory
+    refresh_counter = "refreshes"  # the `Stats` field counting this backend's refreshes
 
     def __init__(self, cfg: CkksConfig):
         self.cfg = cfg
@@ -246,6 +249,23 @@ class PackedCkks(Backend):
             scale = float(self.reference.abs().max())
             self.info["output_precision_bits"] = math.log2(scale / err) if err > 0 and scale > 0 else math.inf
         return out
+
+    def counters(self):
+        if self.engine is None:
+            return {}
+        s = self.engine.stats
+        return {
+            "depth": self.engine.depth_total + s.depth,
+            self.refresh_counter: getattr(s, self.refresh_counter),
+            "rotations": s.rotations,
+            "rounds": self.rounds + s.round_trips,
+            "comm_bytes_up": s.bytes_up,
+            "comm_bytes_down": s.bytes_down,
+            "comm_bytes": s.bytes_up + s.bytes_down,
+        }
+
+    def metrics(self):
+        return {**self.info, "ct_bytes": self.last["up"] + self.last["down"]}
 
     def close(self):
         self.engine = None

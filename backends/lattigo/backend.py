@@ -108,6 +108,7 @@ class LattigoBackend(PackedCkks):
     default_tolerance = 5e-3  # as tenseal's: the approximations dominate; bootstrapping adds ~1e-6
     libraries = ("orion-fhe",)
     too_large_hint = "; backend.mode=count estimates it without keys"
+    refresh_counter = "bootstraps"
     threat_model = (
         "client holds the secret key, encrypts its input once and decrypts the output; semi-honest server "
         "holds plaintext weights and the evaluation keys (bootstrapping included) and sees only ciphertexts"
@@ -253,24 +254,10 @@ class LattigoBackend(PackedCkks):
     def op_counters(self):
         return {op: {k: v for k, v in row.items() if not k.startswith("_")} for op, row in self.per_op.items()}
 
-    def counters(self):
-        if self.engine is None:
-            return {}
-        s = self.engine.stats
-        return {
-            "depth": self.engine.depth_total + s.depth,
-            "bootstraps": s.bootstraps,
-            "rotations": s.rotations,
-            "rounds": self.rounds,
-            "comm_bytes_up": s.bytes_up,
-            "comm_bytes_down": s.bytes_down,
-            "comm_bytes": s.bytes_up + s.bytes_down,
-        }
-
     def metrics(self):
         total = sum(row["est_he_s"] for row in self.per_op.values())
         counted = self.cfg.mode == "count"  # the total's latency is the cost model's
-        return {**self.info, "ct_bytes": self.last["up"] + self.last["down"], "est_he_s": total, "estimated": counted}
+        return {**super().metrics(), "est_he_s": total, "estimated": counted}
 
 
 MIN_BOOT_SLOTS = 16
@@ -279,7 +266,7 @@ WORKING_BYTES = 2**30  # live ciphertexts and the process itself, beside keys an
 
 def library_steps(params) -> set[int]:
     """The rotation keys the library makes anyway: every positive power of two below the slots."""
-    return {1 << i for i in range(params.power_of_two_steps())}
+    return {s for s in power_of_two_steps(params.slots) if s > 0}
 
 
 def resident_bytes() -> int:

@@ -81,10 +81,6 @@ class Params:
         q, p = len(self.log_q), len(self.log_p)
         return math.ceil(q / p) * 2 * self.n * (q + p) * 8
 
-    def power_of_two_steps(self) -> int:
-        """The library makes rotation keys for every power of two below the slot count."""
-        return self.log_n - 1
-
 
 def make(cfg, boot_slots: int) -> Params:
     return Params(cfg.log_n, tuple(cfg.log_q), tuple(cfg.log_p), tuple(cfg.boot_log_p), cfg.hamming_weight,

@@ -210,22 +210,5 @@ class TensealBackend(PackedCkks):
             "approx": self.approx_text(workload),
         }
 
-    def counters(self):
-        if self.engine is None:
-            return {}
-        s = self.engine.stats
-        return {
-            "depth": self.engine.depth_total + s.depth,
-            "rotations": s.rotations,
-            "refreshes": s.refreshes,
-            "rounds": self.rounds + s.round_trips,
-            "comm_bytes_up": s.bytes_up,
-            "comm_bytes_down": s.bytes_down,
-            "comm_bytes": s.bytes_up + s.bytes_down,
-        }
-
-    def metrics(self):
-        return {**self.info, "ct_bytes": self.last["up"] + self.last["down"]}
-
 
 BACKEND = TensealBackend
