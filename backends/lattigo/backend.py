@@ -68,8 +68,9 @@ COLUMNS = (
            True, "size"),
     Column("rotation_key_bytes", "bytes", "cell", "their size, part of `key_bytes`", True, "size"),
     Column("relin_key_bytes", "bytes", "cell", "the relinearization key, part of `key_bytes`", True, "size"),
-    Column("boot_key_bytes", "bytes", "cell", "resident memory the bootstrapping keys took (measured: the bindings "
-           "cannot serialize them; counting mode: as measured before at these slots), part of `key_bytes`",
+    Column("boot_key_bytes", "bytes", "cell", "resident memory the bootstrapping keys took in this run (measured: "
+           "the bindings cannot serialize them; counting mode: the reference machine's); `key_bytes` counts the "
+           "reference machine's figure",
            kind="size"),
     Column("boot_keygen_s", "s", "cell", "making the bootstrapping keys, part of `keygen_s`", kind="setup"),
     Column("log_n", "count", "cell", "log2 of the ring degree N (N/2 slots)", True, "parameter"),
@@ -171,11 +172,11 @@ class LattigoBackend(PackedCkks):
             "rotation_keys": len(steps),
             "rotation_key_bytes": len(steps) * params.switch_key_bytes(),
             "relin_key_bytes": params.switch_key_bytes(),
+            # deterministic: the bootstrapping keys as the reference machine measured them
+            "key_bytes": cost.boot_key_bytes(params, here=False) + (len(steps) + 1) * params.switch_key_bytes(),
         }
         if self.cfg.mode == "count":  # a fresh twin stands in for the ciphertexts
-            boot = cost.boot_key_bytes(params)
-            keys = boot + self.info["rotation_key_bytes"] + self.info["relin_key_bytes"]
-            self.info.update(boot_key_bytes=boot, key_bytes=keys)
+            self.info["boot_key_bytes"] = cost.boot_key_bytes(params, here=False)
             self._start(DryEngine(params, bootstrap=True, keyed=keyed), workload)
         else:
             self._start(self._execute_engine(params, steps, keyed, dry.plains), workload)
@@ -215,7 +216,6 @@ class LattigoBackend(PackedCkks):
             keygen_s=perf_counter() - start,
             boot_keygen_s=boot_s,
             boot_key_bytes=boot_bytes,
-            key_bytes=self.info["rotation_key_bytes"] + self.info["relin_key_bytes"] + boot_bytes,
         )
         # the weights' encodings as far as memory allows (a server keeps its model encoded); the rest on the fly
         engine.preload(plains, self.memory_limit() - keys)

@@ -60,12 +60,13 @@ def model(params) -> dict | None:
     return None
 
 
-def boot_key_bytes(params) -> int:
-    """Memory the bootstrapping keys will take (for the guard before keygen): as measured here or
-    on the reference machine at these slots, or at the nearest larger slot count measured; without
-    any measurement, 350 switching keys (about what 2^15 slots took at LogN 16)."""
+def boot_key_bytes(params, here: bool = True) -> int:
+    """Memory the bootstrapping keys will take: as measured on the reference machine (and here,
+    unless `here` is false: rows' `key_bytes` must not depend on a machine's cache) at these slots,
+    or at the nearest larger slot count measured; without any measurement, 350 switching keys
+    (about what 2^15 slots took at LogN 16)."""
     found = {}
-    for table in (_read(REFERENCE), _read(CACHE).get(machine(), {})):
+    for table in (_read(REFERENCE), _read(CACHE).get(machine(), {}) if here else {}):
         for s in (1 << i for i in range(params.log_n)):
             if key(params, s) in table.get(BOOT_MEMORY, {}):
                 found[s] = table[BOOT_MEMORY][key(params, s)]
