@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import backends
@@ -28,32 +28,42 @@ import workloads
 from bench import manifest
 from bench.cells import expand
 from bench.config import register, typed
+from bench.keys import check_declared, check_deletions, unknown_key
 from workloads.base import ConfigError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 MULTIRUN_FLAGS = {"-m", "--multirun"}
-NETWORK_PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "network").glob("*.yaml"))
 
 
 def one_line(exc: Exception, keys: Callable[[str], list[str]] | None = None) -> str:
     """Hydra / OmegaConf error text reduced to one line naming the key; `keys(parent)` lists
     the keys a parent node has, for an unknown-key error."""
     text = str(exc.__cause__ or exc)
+    present = re.search(r"An item is already at '([^']+)'", text)
+    if present:
+        return f"{present.group(1)} is already set; drop the + to change it ({present.group(1)}=...)"
     key = re.search(r"full_key: (\S+)", text)
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
     if not key:
         return first
     key = key.group(1)
+    if "is not a subclass of NetworkConfig" in first:
+        presets = "|".join(group_choices()["network"])
+        return f"networks.{key} is not a network yet; start it from a preset: +network@networks.{key}=<{presets}>"
     if re.match(r"Key '[^']+' not in", first) and keys:
-        parent = key.rpartition(".")[0]
-        return f"{key} is not a known key; {parent or 'top-level'} keys: {', '.join(keys(parent))}"
+        return unknown_key(key, keys(key.rpartition(".")[0]))
     return f"{key}: {first}"
 
 
-def check_groups(overrides: list[str]) -> None:
+def group_choices() -> dict[str, list[str]]:
+    """Each config group (hydra's own aside) and its options."""
+    found = {p.name: sorted(f.stem for f in p.glob("*.yaml")) for p in Path(CONF_DIR).iterdir() if p.is_dir()}
+    del found["hydra"]
+    return {**found, "backend": ["all", *backends.names()], "workload": ["all", *workloads.REGISTRY]}
+
+
+def check_groups(overrides: list[str], choices: dict[str, list[str]]) -> None:
     """Hydra names neither the choices of a group nor, for `network`, that it is placed per name."""
-    choices = {"backend": ["all", *backends.names()], "workload": ["all", *workloads.REGISTRY]}
-    choices["network"] = NETWORK_PRESETS
     for item in overrides:
         key, _, value = item.partition("=")
         group, at, _ = key.lstrip("+").partition("@")
@@ -61,7 +71,7 @@ def check_groups(overrides: list[str]) -> None:
             raise ConfigError(
                 f"{item}: networks are not picked with network=; rows get an estimate per entry of networks "
                 f"(lan, wan by default); add one with +network@networks.<name>=<preset> "
-                f"(presets: {', '.join(NETWORK_PRESETS)})"
+                f"(presets: {', '.join(choices['network'])})"
             )
         if group in choices and value not in choices[group]:
             raise ConfigError(f"{key}={value} is unknown; choose one of: {', '.join(choices[group])}")
@@ -87,19 +97,40 @@ def validate(job_overrides: list[list[str]]) -> str:
     overrides or values, a default spelled out, the launcher or where the results go, and it
     changes whenever what would be measured does."""
     register()
+    choices = group_choices()
     measured = []
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="encbench"):
         for job in job_overrides:
-            check_groups(job)
             task = [o for o in job if not o.startswith("hydra")] + ["run_id=validate"]
             try:
-                cfg = compose(config_name="config", overrides=task)
+                check_groups(job, choices)
+                cfg = compose_checked(task, sorted(choices))
                 cells = expand(*typed(cfg))
             except (HydraException, OmegaConfBaseException) as exc:
-                raise ConfigError(one_line(exc, lambda parent, task=task: keys_of(task, parent))) from None
+                message = one_line(exc, lambda parent, task=task: keys_of(task, parent))
+                raise ConfigError(in_job(message, job_overrides, job)) from None
+            except ConfigError as exc:
+                raise ConfigError(in_job(str(exc), job_overrides, job)) from None
             nets = OmegaConf.to_container(cfg.networks)
             measured += [json.dumps([cell.id, nets], sort_keys=True) for cell in cells]
     return hashlib.sha1("\n".join(sorted(measured)).encode()).hexdigest()[:12]
+
+
+def in_job(message: str, jobs: list[list[str]], job: list[str]) -> str:
+    """`message`, naming the failing job when a multirun has several."""
+    return f"{message} (in the job {' '.join(job)})" if len(jobs) > 1 else message
+
+
+def compose_checked(task: list[str], groups: list[str]) -> DictConfig:
+    """The job's config, once no override deletes a key the app reads or adds one nobody declares."""
+    parsed = OverridesParser.create().parse_overrides(task)
+    deleted = [o for o in parsed if o.is_delete() and o.package is None]  # `~group@pkg` edits the defaults
+    if deleted:
+        kept = [o.input_line for o in parsed if o not in deleted]
+        check_deletions(compose(config_name="config", overrides=kept), [o.key_or_group for o in deleted], groups)
+    cfg = compose(config_name="config", overrides=task)
+    check_declared(cfg, groups)
+    return cfg
 
 
 def keys_of(task: list[str], parent: str) -> list[str]:

@@ -116,7 +116,24 @@ BAD_INPUT = [
     (["workload=attention_head", "workload.n_heads=5"], "workload.d_model=64 is not divisible by workload.n_heads=5"),
     (["workload=block", "workload.gelu=tanh"], "workload.gelu=tanh is not a variant of block; allowed: exact, poly"),
     (["workload=layernorm", "workload.d_model=-4"], "workload.d_model=-4 must be a positive integer"),
-    (["workload=layernorm", "workload.seq_ln=3"], "workload.seq_ln is not a known key; workload keys: name, seq_len"),
+    (
+        ["workload=layernorm", "workload.seq_ln=3"],
+        "workload.seq_ln is not a known key (did you mean workload.seq_len?); workload keys: name, seq_len",
+    ),
+    (
+        ["workload=layernorm", "+workload.seqlen=16"],
+        "workload.seqlen is not a known key (did you mean workload.seq_len?)",
+    ),
+    (["+harness.repeat=3"], "harness.repeat is not a known key (did you mean harness.repeats?); harness keys: "),
+    (["backend=concrete", "+backend.nbits=4"], "backend.nbits is not a known key (did you mean backend.n_bits?)"),
+    (["+foo=1"], "foo is not a known key; top-level keys: "),
+    (["~workload.seq_len"], "~workload.seq_len: encbench needs workload.seq_len; set a value instead"),
+    (["~harness"], "~harness: encbench needs harness; set a value instead"),
+    (["+workload.seq_len=4"], "workload.seq_len is already set; drop the + to change it (workload.seq_len=...)"),
+    (["-m", "backend=concrete,plaintext", "++backend.n_bits=3"], "backend.n_bits is not a known key; backend keys: "),
+    (["+backend.quick.concrete.nbits=3"], "backend.quick.concrete.nbits is not a known key (did you mean "),
+    (["+networks.dc.rtt_ms=3"], "networks.dc is not a network yet; start it from a preset: +network@networks.dc=<lan|wan>"),
+    (["+experiment=nosuch"], "experiment is not a known key; top-level keys: "),
     (["workload.seq_len=abc"], "workload.seq_len: Value 'abc' of type 'str' could not be converted to Integer"),
     (["-m", "workload=attention_head", "workload.n_heads=4,5"], "not divisible by workload.n_heads=5"),
     (["workload.seq_len=8,16"], "workload.seq_len=8,16 is a sweep; add -m"),
@@ -136,6 +153,11 @@ def test_bad_input_is_one_line_naming_the_fix(tmp_path, args, message):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("encbench: error: ") and message in lines[0], done.stderr
     assert not (tmp_path / "r").exists()  # nothing ran
+
+
+def test_hydra_keys_and_free_form_entries_pass_untouched(tmp_path):
+    args = ["backend=plaintext", "workload=layernorm", "hydra.job.name=x", "~networks.wan", f"results_dir={tmp_path}"]
+    assert sweep_of(*args, "+network@networks.dc=lan") != sweep_of(*args)  # the added network is measured
 
 
 def test_zero_tolerance_is_allowed():
