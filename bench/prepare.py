@@ -78,17 +78,36 @@ def check_groups(overrides: list[str], choices: dict[str, list[str]]) -> None:
 
 
 def jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
-    """Each job's overrides; a sweep (`a,b`, `range(...)`) expands only under -m, as in hydra."""
+    """Each job's overrides; a sweep (`a,b`, `range(...)`) expands only under -m, as in hydra.
+    A preset (`+experiment=fit`) may set `hydra.mode: MULTIRUN` and its own sweep
+    (`hydra.sweeper.params`); the command line's values win."""
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException as exc:
+        preset = preset_sweep([o.input_line for o in parsed if not o.is_sweep_override()])
+    except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(one_line(exc)) from None
+    if preset is not None:
+        given = {o.key_or_group.lstrip("+~") for o in parsed}
+        parsed += OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in preset.items() if k not in given])
+        multirun = True
     if not multirun:
         swept = [o.input_line for o in parsed if o.is_sweep_override()]
         if swept:
             raise ConfigError(f"{swept[0]} is a sweep; add -m to run one job per value")
         return [overrides]
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def preset_sweep(overrides: list[str]) -> dict[str, str] | None:
+    """The sweep a preset asks for with `hydra.mode: MULTIRUN`, or None (a single run)."""
+    if not any("experiment" in o for o in overrides):
+        return None  # only presets set hydra's mode; composing costs ~0.3 s
+    register()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="encbench"):
+        hc = compose(config_name="config", overrides=[*overrides, "run_id=validate"], return_hydra_config=True).hydra
+    if str(hc.mode) != "RunMode.MULTIRUN":
+        return None
+    return {str(k): str(v) for k, v in (hc.sweeper.get("params") or {}).items()}
 
 
 def validate(job_overrides: list[list[str]]) -> str:
