@@ -58,7 +58,7 @@ def one_line(exc: Exception, keys: Callable[[str], list[str]] | None = None) -> 
 def group_choices() -> dict[str, list[str]]:
     """Each config group (hydra's own aside) and its options."""
     found = {p.name: sorted(f.stem for f in p.glob("*.yaml")) for p in Path(CONF_DIR).iterdir() if p.is_dir()}
-    del found["hydra"]
+    del found["hydra"], found["model"]  # hydra's own; encbench-project's
     return {**found, "backend": ["all", *backends.names()], "workload": ["all", *workloads.REGISTRY]}
 
 
@@ -102,6 +102,7 @@ def preset_sweep(overrides: list[str]) -> dict[str, str] | None:
     """The sweep a preset asks for with `hydra.mode: MULTIRUN`, or None (a single run)."""
     if not any("experiment" in o for o in overrides):
         return None  # only presets set hydra's mode; composing costs ~0.3 s
+    check_groups(overrides, group_choices())
     register()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="encbench"):
         hc = compose(config_name="config", overrides=[*overrides, "run_id=validate"], return_hydra_config=True).hydra
@@ -136,8 +137,11 @@ def validate(job_overrides: list[list[str]]) -> str:
 
 
 def in_job(message: str, jobs: list[list[str]], job: list[str]) -> str:
-    """`message`, naming the failing job when a multirun has several."""
-    return f"{message} (in the job {' '.join(job)})" if len(jobs) > 1 else message
+    """`message`, naming the failing job by its swept values when a multirun has several."""
+    if len(jobs) < 2:
+        return message
+    common = set.intersection(*map(set, jobs))
+    return f"{message} (in the job {' '.join(o for o in job if o not in common)})"
 
 
 def compose_checked(task: list[str], groups: list[str]) -> DictConfig:

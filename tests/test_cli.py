@@ -15,7 +15,7 @@ from backends import get, installed
 from bench.cells import expand
 from bench.config import AllWorkloadsConfig
 from bench.measure import HarnessConfig
-from bench.prepare import prepare
+from bench.prepare import jobs, prepare
 from bench.results import read_rows
 from workloads.layernorm import LayerNorm, LayerNormConfig
 
@@ -130,10 +130,21 @@ BAD_INPUT = [
     (["~workload.seq_len"], "~workload.seq_len: encbench needs workload.seq_len; set a value instead"),
     (["~harness"], "~harness: encbench needs harness; set a value instead"),
     (["+workload.seq_len=4"], "workload.seq_len is already set; drop the + to change it (workload.seq_len=...)"),
-    (["-m", "backend=concrete,plaintext", "++backend.n_bits=3"], "backend.n_bits is not a known key; backend keys: "),
+    (
+        ["-m", "backend=concrete,plaintext", "++backend.n_bits=3"],
+        "backend.n_bits is not a known key; backend keys: name, dtype, threads (in the job backend=plaintext)",
+    ),
     (["+backend.quick.concrete.nbits=3"], "backend.quick.concrete.nbits is not a known key (did you mean "),
-    (["+networks.dc.rtt_ms=3"], "networks.dc is not a network yet; start it from a preset: +network@networks.dc=<lan|wan>"),
-    (["+experiment=nosuch"], "experiment is not a known key; top-level keys: "),
+    (
+        ["+networks.dc.rtt_ms=3"],
+        "networks.dc is not a network yet; start it from a preset: +network@networks.dc=<lan|wan>",
+    ),
+    (["+experiment=nosuch"], "+experiment=nosuch is unknown; choose one of: fit"),
+    (
+        ["+experiment=fit", "workload.seq_len=4,x"],
+        "workload.seq_len: Value 'x' of type 'str' could not be converted to Integer (in the job workload.seq_len=x "
+        "workload.d_model=16)",
+    ),
     (["workload.seq_len=abc"], "workload.seq_len: Value 'abc' of type 'str' could not be converted to Integer"),
     (["-m", "workload=attention_head", "workload.n_heads=4,5"], "not divisible by workload.n_heads=5"),
     (["workload.seq_len=8,16"], "workload.seq_len=8,16 is a sweep; add -m"),
@@ -153,6 +164,12 @@ def test_bad_input_is_one_line_naming_the_fix(tmp_path, args, message):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("encbench: error: ") and message in lines[0], done.stderr
     assert not (tmp_path / "r").exists()  # nothing ran
+
+
+def test_a_preset_sweeps_its_own_grid_and_the_command_line_wins():
+    assert len(jobs(["+experiment=fit", "backend=plaintext"], multirun=False)) == 16
+    four = jobs(["+experiment=fit", "workload.seq_len=4"], multirun=False)
+    assert len(four) == 4 and all("workload.seq_len=4" in job for job in four)
 
 
 def test_hydra_keys_and_free_form_entries_pass_untouched(tmp_path):

@@ -1,0 +1,182 @@
+"""`encbench-project`: a synthetic backend whose costs are known formulas of the shape is projected
+exactly; held-out cells stay out of their own fit; how, extrapolation and flags reach the output."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from bench.project.assemble import project
+from bench.project.cli import configure, main
+from bench.project.model import ModelConfig, ProjectConfig, block, variant
+from bench.project.projection import collect
+
+OPS = {  # op: figure -> formula of (s, d, h, f); every one is in its op class's monomials
+    "protect": {"latency_s": lambda s, d, h, f: 1e-6 * s * d, "comm_bytes": lambda s, d, h, f: 8 * s * d},
+    "attn.qkv_proj": {
+        "latency_s": lambda s, d, h, f: 2e-9 * s * d * d + 1e-4,
+        "comm_bytes": lambda s, d, h, f: 16 * s * d + 48 * d * d,
+    },
+    "attn.softmax": {
+        "latency_s": lambda s, d, h, f: 3e-7 * s * s * h,
+        "pbs": lambda s, d, h, f: 2 * s * s * h + 5 * s * h,
+    },
+    "ln1.rsqrt": {"latency_s": lambda s, d, h, f: 4e-5 * s, "rounds": lambda s, d, h, f: 17.0},
+    "mlp.fc1": {
+        "latency_s": lambda s, d, h, f: 1e-9 * s * d * f,
+        "comm_bytes": lambda s, d, h, f: 16 * (s * d + d * f),
+    },
+    "mlp.gelu": {"latency_s": lambda s, d, h, f: 5e-7 * s * f, "rounds": lambda s, d, h, f: 3.0},
+    "reveal": {"latency_s": lambda s, d, h, f: 1e-6 * s * d, "rounds": lambda s, d, h, f: 1.0},
+}
+GRID = [(s, d) for s in (4, 8, 16, 32) for d in (16, 32, 64, 128)]
+GPT2 = {"seq_len": 128, "d_model": 768, "n_heads": 12, "d_ff": 3072}
+
+
+def synthetic(shapes=GRID, heads=2, backend="synthetic", scale=None) -> pd.DataFrame:
+    """Rows of block cells whose figures are the formulas above; `scale` multiplies a shape's figures."""
+    rows = []
+    for s, d in shapes:
+        f = 4 * d
+        cell = {"run_id": "r", "cell_id": f"{backend}-{s}-{d}", "backend": backend, "workload": "block",
+                "variant": variant(ModelConfig()), "seq_len": s, "d_model": d, "n_heads": heads, "d_ff": f,
+                "backend_cfg": "{}", "status": "ok", "finished_at": "2026-12-03T00:00:00"}  # fmt: skip
+        factor = (scale or {}).get((s, d), 1.0)
+        for op, figures in OPS.items():
+            rows.append({**cell, "op": op, **{k: factor * v(s, d, heads, f) for k, v in figures.items()}})
+        rows.append({**cell, "op": "total", "accurate": True, "setup_s": 0.5, "key_bytes": 1000.0})
+    return pd.DataFrame(rows)
+
+
+def exact(op_figures, shape, layers=12) -> dict[str, float]:
+    """The model's figures straight from the formulas."""
+    s, d, h, f = (shape[k] for k in ("seq_len", "d_model", "n_heads", "d_ff"))
+    total = {}
+    for op, figures in op_figures.items():
+        times = 1 if op in ("protect", "reveal") else layers
+        for name, formula in figures.items():
+            key = "online_s" if name == "latency_s" else name
+            total[key] = total.get(key, 0.0) + times * formula(s, d, h, f)
+    return total
+
+
+def figures(proj, backend="synthetic", network="") -> dict[str, dict]:
+    return {r["figure"]: r for r in proj.rows if r["backend"] == backend and r["network"] == network}
+
+
+def config(**model) -> ProjectConfig:
+    return configure([f"model.{k}={v}" for k, v in model.items()])
+
+
+def test_a_synthetic_backend_of_known_formulas_is_projected_exactly():
+    proj = project(synthetic(), config())
+    got = figures(proj)
+    for name, value in exact(OPS, GPT2).items():
+        assert got[name]["value"] == pytest.approx(value, rel=1e-9), name
+        assert got[name]["how"] == "fitted" and got[name]["flag"] == "validated"
+        assert got[name]["extrapolation"] == 6.0  # d_model 768 / 128 (and d_ff 3072 / 512)
+    wan = figures(proj, network="wan")["online_wan_s"]["value"]
+    assert wan == pytest.approx(
+        got["online_s"]["value"] + got["rounds"]["value"] * 0.08 + got["comm_bytes"]["value"] * 8 / 1e8
+    )
+    assert all(v["error"] < 1e-9 and v["held"] for v in proj.validation)
+    assert {v["held_out"] for v in proj.validation} == {"seq_len 32, d_model 128"}
+    assert all(f["exact"] for f in proj.fits if f["figure"] != "latency_s" or f["op"] != "total")
+
+
+def test_the_held_out_cell_is_never_used_by_its_own_fit():
+    honest = project(synthetic(), config())
+    skewed = project(synthetic(scale={(32, 128): 2.0}), config())  # only the held-out cell changes
+    for a, b in zip(honest.validation, skewed.validation, strict=True):
+        assert a["predicted"] == pytest.approx(b["predicted"], rel=1e-12)  # its fit never saw it
+        assert b["measured"] == pytest.approx(2 * a["measured"]) and b["error"] == pytest.approx(0.5) and not b["held"]
+    assert figures(skewed)["online_s"]["flag"] == "missed: validation error 50% > 25%"
+    assert figures(skewed)["comm_bytes"]["flag"] == "missed: validation error 50% > 5%"
+
+
+def test_a_cell_at_the_models_own_shape_is_taken_as_measured():
+    model_cell = [(GPT2["seq_len"], GPT2["d_model"])]
+    frame = pd.concat([synthetic(), synthetic(model_cell, heads=12)])
+    got = figures(project(frame, config()))
+    assert got["online_s"]["how"] == "measured" and got["online_s"]["extrapolation"] == 1.0
+    assert got["online_s"]["flag"] == ""
+    assert got["comm_bytes"]["value"] == pytest.approx(exact(OPS, GPT2)["comm_bytes"])
+
+
+def test_frozen_layers_run_on_the_client_in_plaintext():
+    frame = pd.concat([synthetic(), synthetic(backend="plaintext")])
+    half = figures(project(frame, config(private_layers=6)))
+    private = exact(OPS, GPT2, layers=6)
+    plain_block = exact(OPS, GPT2, layers=1)["online_s"]
+    assert half["client_s"]["value"] == pytest.approx(6 * plain_block)
+    assert half["online_s"]["value"] == pytest.approx(private["online_s"] + 6 * plain_block)
+    assert half["rounds"]["value"] == pytest.approx(private["rounds"])
+
+
+def test_inaccurate_and_failed_cells_are_left_out_and_said_so():
+    frame = synthetic()
+    frame.loc[(frame.op == "total") & (frame.seq_len == 4) & (frame.d_model == 16), "accurate"] = False
+    skipped = pd.DataFrame([{"run_id": "r", "cell_id": "x", "backend": "ckks", "workload": "block",
+                             "variant": variant(ModelConfig()), "op": "total", "status": "skipped",
+                             "error": "ckks: seq_len 128 > head_dim 64"}])  # fmt: skip
+    found = collect(pd.concat([frame, skipped]), block(ModelConfig()))
+    assert found["ckks"] == "ckks: seq_len 128 > head_dim 64"
+    assert found["synthetic"].notes == ["1 inaccurate cells left out (error above tolerance)"]
+    assert len(found["synthetic"].shapes) == len(GRID) - 1
+    proj = project(pd.concat([frame, skipped]), config())
+    assert figures(proj, "ckks")["online_s"]["flag"] == "unsupported: ckks: seq_len 128 > head_dim 64"
+
+
+def write_rows(path, frame):
+    path.mkdir(parents=True)
+    (path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in frame.to_dict("records")))
+
+
+def test_the_command_writes_the_tidy_rows_and_the_pages(tmp_path, capsys):
+    write_rows(tmp_path / "run", synthetic())
+    assert main([str(tmp_path / "run"), "model=gpt2-medium", f"out={tmp_path / 'out'}", "network=wan"]) == 0
+    rows = pd.read_json(tmp_path / "out" / "projection.jsonl", lines=True)
+    assert set(rows.columns) >= {"model", "backend", "network", "figure", "value", "unit", "how", "extrapolation",
+                                 "validation_error", "flag"}  # fmt: skip
+    assert set(rows.network) == {"", "wan"} and set(rows.model) == {"gpt2-medium"}
+    page = (tmp_path / "out" / "projection.md").read_text()
+    assert "24 of 24 layers private" in page and "## Validation" in page and "(F ×8)" in page
+    assert (tmp_path / "out" / "index.html").exists() and (tmp_path / "out" / "breakdown.png").exists()
+
+
+BAD = [
+    (["model=gpt3"], "model=gpt3 is unknown; choose one of: gpt2, gpt2-medium, pythia-70m"),
+    (["model=gpt2", "model.layers=3"], "model.layers is not a known key (did you mean model.n_layers?)"),
+    (["model.private_layers=13"], "model.private_layers=13: choose 0..12 (n_layers)"),
+    (["model.n_heads=5"], "model.d_model=768 is not divisible by model.n_heads=5"),
+    (["model.gelu=tanh"], "model.gelu=tanh is not a variant of block"),
+    (["network=mars"], "network=mars is unknown; choose one of: all, lan, wan"),
+    (["backend=tenseal"], "backend=tenseal has no block cells in the results; they have: synthetic"),
+    (["model.softmax=power"], "the results hold no block cells of variant softmax=power,"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_line(tmp_path, capsys, args, message):
+    write_rows(tmp_path / "run", synthetic())
+    assert main([str(tmp_path / "run"), *args, f"out={tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("encbench-project: error: ") and message in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_results_are_named(tmp_path, capsys):
+    assert main([str(tmp_path / "nothing"), "model=gpt2"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["model=gpt2"]) == 2
+    assert "give the results to project from" in capsys.readouterr().err
+
+
+def test_presets_match_the_published_shapes():
+    shapes = {m: configure([f"model={m}"]).model for m in ("gpt2", "gpt2-medium", "pythia-70m")}
+    assert [(m.n_layers, m.d_model, m.n_heads, m.d_ff, m.vocab) for m in shapes.values()] == [
+        (12, 768, 12, 3072, 50257),
+        (24, 1024, 16, 4096, 50257),
+        (6, 512, 8, 2048, 50304),
+    ]
+    assert "not modelled" in shapes["pythia-70m"].block
