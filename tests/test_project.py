@@ -113,7 +113,7 @@ def test_frozen_layers_run_on_the_client_in_plaintext():
     assert half["rounds"]["value"] == pytest.approx(private["rounds"])
 
 
-def test_inaccurate_and_failed_cells_are_left_out_and_said_so():
+def test_inaccurate_cells_are_flagged_and_failed_backends_said_unsupported():
     frame = synthetic()
     frame.loc[(frame.op == "total") & (frame.seq_len == 4) & (frame.d_model == 16), "accurate"] = False
     skipped = pd.DataFrame([{"run_id": "r", "cell_id": "x", "backend": "ckks", "workload": "block",
@@ -121,10 +121,14 @@ def test_inaccurate_and_failed_cells_are_left_out_and_said_so():
                              "error": "ckks: seq_len 128 > head_dim 64"}])  # fmt: skip
     found = collect(pd.concat([frame, skipped]), block(ModelConfig()))
     assert found["ckks"] == "ckks: seq_len 128 > head_dim 64"
-    assert found["synthetic"].notes == ["1 inaccurate cells left out (error above tolerance)"]
-    assert len(found["synthetic"].shapes) == len(GRID) - 1
+    assert sum(found["synthetic"].inaccurate) == 1 and len(found["synthetic"].shapes) == len(GRID)
     proj = project(pd.concat([frame, skipped]), config())
     assert figures(proj, "ckks")["online_s"]["flag"] == "unsupported: ckks: seq_len 128 > head_dim 64"
+    assert (
+        figures(proj)["online_s"]["flag"]
+        == "validated; from cells whose output missed its tolerance (their costs stand)"
+    )
+    assert figures(project(synthetic(), config()))["online_s"]["flag"] == "validated"
 
 
 def write_rows(path, frame):
@@ -141,7 +145,7 @@ def test_the_command_writes_the_tidy_rows_and_the_pages(tmp_path, capsys):
     assert set(rows.network) == {"", "wan"} and set(rows.model) == {"gpt2-medium"}
     page = (tmp_path / "out" / "projection.md").read_text()
     assert "24 of 24 layers private" in page and "## Validation" in page and "(F ×8)" in page
-    assert (tmp_path / "out" / "index.html").exists() and (tmp_path / "out" / "breakdown.png").exists()
+    assert (tmp_path / "out" / "index.html").exists() and (tmp_path / "out" / "fig-projection.png").exists()
 
 
 BAD = [
@@ -180,3 +184,28 @@ def test_presets_match_the_published_shapes():
         (6, 512, 8, 2048, 50304),
     ]
     assert "not modelled" in shapes["pythia-70m"].block
+
+
+def test_a_private_lm_head_is_added_and_flagged_when_its_width_was_never_varied():
+    client = figures(project(synthetic(), config()))
+    private = figures(project(synthetic(), config(lm_head="private")))
+    fc1 = OPS["mlp.fc1"]["latency_s"]
+    assert private["online_s"]["value"] == pytest.approx(client["online_s"]["value"] + fc1(128, 768, 12, 50257))
+    assert private["online_s"]["how"] == "fitted" and private["online_s"]["extrapolation"] > 98
+    assert private["online_s"]["flag"].startswith("unvalidated: the LM head is extrapolated")
+    wide = synthetic([(8, 32)]).assign(d_ff=512, cell_id="wide")  # one cell with d_ff apart from 4 d_model
+    wide.loc[wide.op == "mlp.fc1", "latency_s"] = fc1(8, 32, 2, 512)
+    both = figures(project(pd.concat([synthetic(), wide]), config(lm_head="private")))
+    assert not both["online_s"]["flag"].startswith("unvalidated")
+
+
+def test_bootstrapping_time_is_split_out_at_the_cost_models_price():
+    frame = synthetic()
+    rsqrt = frame.op == "ln1.rsqrt"
+    frame.loc[rsqrt, "bootstraps"] = frame.loc[rsqrt, "seq_len"] * 2.0  # 2 per token
+    frame.loc[rsqrt, "latency_s"] += frame.loc[rsqrt, "bootstraps"] * 0.5
+    frame.loc[frame.op == "total", "he_cost_model"] = "s at the top level: mul=0.25,bootstrap=0.5 (this machine)"
+    got = figures(project(frame, config()))
+    assert got["bootstraps"]["value"] == pytest.approx(12 * 2 * 128)
+    assert got["time_bootstrapping_s"]["value"] == pytest.approx(12 * 2 * 128 * 0.5)
+    assert got["time_norms_s"]["value"] == pytest.approx(12 * 4e-5 * 128)  # the rsqrt without its bootstraps

@@ -21,10 +21,12 @@ from bench.project.projection import (
     fits,
     model_figures,
     network_time,
+    sources,
     validate,
 )
 from workloads.base import ConfigError
 
+INACCURATE = "from cells whose output missed its tolerance (their costs stand)"
 UNITS = {**OP_FIGURES, **CELL_FIGURES, "online_s": "s", "client_s": "s"}
 
 
@@ -80,11 +82,23 @@ def client_block_s(plain: Cells | str | None, target: dict[str, int]) -> float:
     return model_figures(block, 1)["online_s"]
 
 
-def lm_head(cells: Cells, m: models.ModelConfig) -> dict[str, float]:
-    """The private LM head (d_model x vocab): the MLP's first linear layer's fits at d_ff = vocab."""
-    head = {**models.shape(m), "d_ff": m.vocab}
+def add_lm_head(cells: Cells, m: models.ModelConfig, figures, hows, factor, flags) -> None:
+    """The private LM head (d_model x vocab), from the MLP's first linear layer's fits at
+    d_ff = vocab; unvalidated unless the fitted cells varied d_ff apart from d_model."""
+    head_shape = {**models.shape(m), "d_ff": m.vocab}
     found = fits(cells)
-    return {f: found["mlp.fc1", f](head) for f in OP_FIGURES if ("mlp.fc1", f) in found}
+    head = {f: found["mlp.fc1", f](head_shape) for f in OP_FIGURES if ("mlp.fc1", f) in found}
+    head["time_linear_s"] = head.get("latency_s", 0.0)
+    varied = len({s["d_ff"] / s["d_model"] for s in cells.shapes}) > 1
+    for figure, value in head.items():
+        key = "online_s" if figure == "latency_s" else figure
+        if key not in figures:
+            continue
+        figures[key] += value
+        hows[key] = "+".join(sorted({hows[key], "fitted"}))
+        factor[key] = max(factor[key], m.vocab / max(s["d_ff"] for s in cells.shapes))
+        if not varied:
+            flags[key] = "unvalidated: the LM head is extrapolated from cells where d_ff = 4 d_model"
 
 
 def backend_rows(base, cells: Cells, cfg: ProjectConfig, client: float, nets, checked) -> list[dict[str, object]]:
@@ -93,15 +107,10 @@ def backend_rows(base, cells: Cells, cfg: ProjectConfig, client: float, nets, ch
     figures = model_figures(block, models.private_layers(m))
     hows = dict.fromkeys(figures, how)
     factor = dict.fromkeys(figures, extrapolation(cells, target) if how == "fitted" else 1.0)
+    flags: dict[str, str] = {}
+    shaky = any(sources(cells, target).inaccurate)
     if m.lm_head == "private":
-        head = lm_head(cells, m)
-        for figure, value in head.items():
-            key = "online_s" if figure == "latency_s" else figure
-            if key in figures:
-                figures[key] += value
-                hows[key] = "+".join(sorted({hows[key], "fitted"}))
-                factor[key] = max(factor[key], m.vocab / max(s["d_ff"] for s in cells.shapes))
-        figures["time_linear_s"] = figures.get("time_linear_s", 0.0) + head.get("latency_s", 0.0)
+        add_lm_head(cells, m, figures, hows, factor, flags)
     if m.n_layers > models.private_layers(m):
         figures["client_s"], hows["client_s"], factor["client_s"] = client, "plaintext", 1.0
         figures["online_s"] += 0.0 if math.isnan(client) else client
@@ -116,7 +125,8 @@ def backend_rows(base, cells: Cells, cfg: ProjectConfig, client: float, nets, ch
         h = hows.get(of, how)
         rows.append(
             {**base, "network": network, "figure": figure, "value": value, "unit": unit, "how": h,
-             "extrapolation": factor.get(of, 1.0), "validation_error": error, "flag": flag(h, check)}
+             "extrapolation": factor.get(of, 1.0), "validation_error": error,
+             "flag": "; ".join(filter(None, [flags.get(of) or flag(h, check), shaky and INACCURATE]))}
         )  # fmt: skip
 
     for figure, value in figures.items():
@@ -140,5 +150,6 @@ def flag(how: str, check: dict[str, object] | None) -> str:
 
 
 def classes() -> dict[str, str]:
-    """The op classes of the time breakdown: their `time_<class>_s` figure and name."""
-    return {time_figure(ends[0] if ends else name): name for name, ends, _ in (*CLASSES, OTHER) if name != "circuit"}
+    """The parts of the time breakdown: their `time_<class>_s` figure and name."""
+    found = {time_figure(ends[0] if ends else name): name for name, ends, _ in (*CLASSES, OTHER) if name != "circuit"}
+    return found | {"time_bootstrapping_s": "bootstrapping (cost model's price)"}

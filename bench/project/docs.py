@@ -78,11 +78,21 @@ def versus_table(spec: ProjectionSpec, repo: Path, base: pd.DataFrame, networks:
     return Table(pd.DataFrame.from_dict(data, orient="index"), index_name="base / versus")
 
 
+def anchor(title: str) -> str:
+    """GitHub's heading anchor."""
+    return "".join(ch for ch in title.lower() if ch.isalnum() or ch in " -_").replace(" ", "-")
+
+
 def readme_block(specs: list[ProjectionSpec], repo: Path) -> str:
     lines = []
     for spec in (s for s in specs if s.readme):
         rows, _ = run(spec, repo)
         networks = sorted({n for n in rows.network if n})
-        lines += [f"{spec.title} (`{spec.command}`, validation in [docs/results.md](docs/results.md)):", ""]
-        lines += [model_table(rows, networks).to_markdown(), ""]
+        where = f"[validation and breakdown](docs/results.md#{anchor(spec.title)})"
+        lines += [f"{spec.title} (`{spec.command}`, {where}):", ""]
+        if spec.versus:
+            lines += [versus_table(spec, repo, rows, networks).to_markdown(), ""]
+            lines += [f"Published: {spec.published.strip()}", ""] if spec.published else []
+        else:
+            lines += [model_table(rows, networks).to_markdown(), ""]
     return "\n".join(lines).rstrip()

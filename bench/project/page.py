@@ -12,25 +12,25 @@ import pandas as pd
 from bench.project.assemble import Projection, classes
 from bench.project.model import ProjectConfig, private_layers, variant
 from bench.report.frame import fmt_bytes, fmt_count, fmt_seconds
-from bench.report.page import Block, to_html, to_markdown
 from bench.report.plots import Plot
+from bench.report.render import Block, to_html, to_markdown
 from bench.report.tables import Table
 
 HOW_MARK = {"measured": "M", "counted": "C", "fitted": "F", "plaintext": "P"}
 FIGURE_NAMES = {"comm_bytes": "communication", "rounds": "rounds", "pbs": "PBS", "bootstraps": "bootstraps",
                 "refreshes": "refreshes", "key_bytes": "keys", "setup_s": "setup (one block)"}  # fmt: skip
-PLOT_FILE = "breakdown.png"
+PLOT_FILE = "fig-projection.png"  # the report's prefix: a rebuild removes a stale one
 
 
 def show(row: pd.Series) -> str:
     """A value in its unit, with how it was obtained (M, C, F xfactor, P) and a flag mark."""
     if math.isnan(row.value):
         return "–"
-    text = {"s": fmt_seconds, "bytes": fmt_bytes}.get(row.unit, fmt_count)(row.value)
+    text = {"s": fmt_seconds, "bytes": fmt_bytes}.get(row.unit, lambda v: fmt_count(round(v)))(row.value)
     marks = "+".join(HOW_MARK.get(h, h) for h in row.how.split("+") if h)
     if "fitted" in row.how and row.extrapolation > 1:
         marks += f" ×{row.extrapolation:.3g}"
-    return f"{text} ({marks})" + (" ⚠" if row.flag.startswith(("missed", "unvalidated")) else "")
+    return f"{text} ({marks})" + (" ⚠" if row.flag not in ("", "validated") else "")
 
 
 def model_table(rows: pd.DataFrame, networks: list[str]) -> Table:
@@ -155,7 +155,8 @@ def document(proj: Projection, cfg: ProjectConfig, command: str, out: Path) -> l
         ("p", "How: M measured at the model's block shape, C counted there (dry run or compile; latency from the "
               "backend's cost model), F fitted on smaller cells (×: extrapolation factor, target over largest "
               "measured size), P the plaintext backend. ⚠ a projection whose validation missed its bound "
-              f"(counters {cfg.counter_bound:.0%}, latency {cfg.latency_bound:.0%}) or that could not be validated. "
+              f"(counters {cfg.counter_bound:.0%}, latency {cfg.latency_bound:.0%}), could not be validated, or comes "
+              "from cells whose output missed its tolerance (projection.jsonl's flag says which). "
               "Protect and reveal once per forward; every other op once per private layer."),
         ("h2", "Whole model per backend"),
         ("table", model_table(rows, networks)),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,9 +24,10 @@ from workloads.base import ConfigError
 from workloads.block import Block
 
 OP_FIGURES = {"latency_s": "s", "comm_bytes": "bytes", "busiest_bytes": "bytes", "rounds": "count", "pbs": "count"}
-OP_FIGURES |= {"bootstraps": "count", "refreshes": "count"}
+OP_FIGURES |= {"bootstraps": "count", "refreshes": "count", "boot_s": "s"}  # boot_s: time in bootstraps
 CELL_FIGURES = {"setup_s": "s", "key_bytes": "bytes"}
-COUNTERS = ("comm_bytes", "busiest_bytes", "rounds", "pbs", "bootstraps", "refreshes", "key_bytes")
+COUNTERS = [f for f, unit in OP_FIGURES.items() if unit != "s"]  # summed over a model's ops
+BOOT_PRICE = re.compile(r"\bbootstrap=([0-9.eE+-]+)")  # in a CKKS cost model's prices (`he_cost_model`)
 SIZES = ("seq_len", "d_model", "n_heads", "d_ff")
 ENDS = ("protect", "reveal")  # once per model; every other op once per private layer
 
@@ -38,10 +40,16 @@ class Cells:
     ops: list[dict[str, dict[str, float]]]  # per cell: op -> figure -> value
     cell: list[dict[str, float]]  # per cell: setup_s, key_bytes
     estimated: list[bool]
+    inaccurate: list[bool]  # output error above tolerance: the cell's costs stand, its output did not
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def op_names(self) -> list[str]:
+        return list(dict.fromkeys(op for ops in self.ops for op in ops))
+
     def subset(self, keep: list[int]) -> Cells:
-        return Cells(*([getattr(self, a)[i] for i in keep] for a in ("shapes", "ops", "cell", "estimated")))
+        fields = ("shapes", "ops", "cell", "estimated", "inaccurate")
+        return Cells(*([getattr(self, a)[i] for i in keep] for a in fields))
 
 
 def busiest(rows: pd.DataFrame) -> pd.Series:
@@ -72,15 +80,12 @@ def collect(frame: pd.DataFrame, block: Block) -> dict[str, Cells | str]:
         notes = []
         if (ok.backend_cfg != config).any():
             notes.append(f"{(ok.backend_cfg != config).sum()} cells of another backend config left out")
-        inaccurate = ok.accurate.eq(False)
-        if inaccurate.any():
-            notes.append(f"{inaccurate.sum()} inaccurate cells left out (error above tolerance)")
-        keep = ok[(ok.backend_cfg == config) & ~inaccurate]
+        keep = ok[ok.backend_cfg == config]
         reason = why_not(backend, config, block)
         if keep.empty or reason:
             found[backend] = f"{backend}: {reason} (at the model's shape)" if reason else "; ".join(notes)
             continue
-        cells = Cells([], [], [], [], notes)
+        cells = Cells([], [], [], [], [], notes)
         kept = set(zip(keep.run_id, keep.cell_id, strict=True))
         for key, cell_rows in of_backend.groupby(["run_id", "cell_id"]):
             if key not in kept:
@@ -88,9 +93,15 @@ def collect(frame: pd.DataFrame, block: Block) -> dict[str, Cells | str]:
             total = cell_rows[cell_rows.op == "total"].iloc[0]
             cells.shapes.append({k: int(total[k]) for k in SIZES})
             ops = cell_rows[cell_rows.op != "total"].set_index("op")
-            cells.ops.append({op: {f: float(ops.at[op, f]) for f in OP_FIGURES if f in ops} for op in ops.index})
+            figures = {op: {f: float(ops.at[op, f]) for f in OP_FIGURES if f in ops} for op in ops.index}
+            price = BOOT_PRICE.search(str(total.get("he_cost_model", "")))
+            for op in figures if price else ():
+                figures[op]["boot_s"] = figures[op].get("bootstraps", 0.0) * float(price.group(1))
+            cells.ops.append(figures)
             cells.cell.append({f: float(total.get(f, np.nan)) for f in CELL_FIGURES})
             cells.estimated.append(bool(pd.notna(total.get("estimated")) and total.get("estimated")))
+            accurate = total.get("accurate")
+            cells.inaccurate.append(bool(pd.notna(accurate) and not accurate))
         found[backend] = cells
     return found
 
@@ -114,7 +125,7 @@ def why_not(name: str, config: str, block: Block) -> str | None:
 def fits(cells: Cells) -> dict[tuple[str, str], Fit]:
     """One fit per (op, figure) over every cell that has the figure; (total, ...) for cell figures."""
     found = {}
-    for op in cells.ops[0]:
+    for op in cells.op_names:
         for figure in OP_FIGURES:
             points = [(s, o[op][figure]) for s, o in zip(cells.shapes, cells.ops, strict=True) if has(o, op, figure)]
             if points:
@@ -130,16 +141,21 @@ def has(ops: dict[str, dict[str, float]], op: str, figure: str) -> bool:
     return op in ops and figure in ops[op] and not math.isnan(ops[op][figure])
 
 
+def sources(cells: Cells, target: dict[str, int]) -> Cells:
+    """The cells a block at `target` is taken from: those at that shape, else all (fitted)."""
+    at = [i for i, s in enumerate(cells.shapes) if s == target]
+    return cells.subset(at) if at else cells
+
+
 def block_at(cells: Cells, target: dict[str, int]) -> tuple[dict[str, dict[str, float]], dict[str, float], str]:
     """Per-op and cell figures of one block at `target`, and how they were obtained."""
-    at = [i for i, s in enumerate(cells.shapes) if s == target]
-    if at:
-        median = cells.subset(at)
+    median = sources(cells, target)
+    if median.shapes[0] == target:
         ops = {op: {f: float(np.median([o[op][f] for o in median.ops])) for f in v} for op, v in median.ops[0].items()}
         cell = {f: float(np.nanmedian([c[f] for c in median.cell])) for f in CELL_FIGURES}
         return ops, cell, "counted" if all(median.estimated) else "measured"
     found = fits(cells)
-    ops = {op: {f: found[op, f](target) for f in OP_FIGURES if (op, f) in found} for op in cells.ops[0]}
+    ops = {op: {f: found[op, f](target) for f in OP_FIGURES if (op, f) in found} for op in cells.op_names}
     return ops, {f: found["total", f](target) for f in CELL_FIGURES if ("total", f) in found}, "fitted"
 
 
@@ -161,7 +177,7 @@ def validate(cells: Cells, bounds: dict[str, float]) -> list[dict[str, object]]:
     big_d = max(s["d_model"] for s in cells.shapes)
     held = [i for i, s in enumerate(cells.shapes) if s["seq_len"] == big_s and s["d_model"] == big_d]
     train = [i for i, s in enumerate(cells.shapes) if 2 * s["seq_len"] <= big_s and 2 * s["d_model"] <= big_d]
-    if len(train) < 3:
+    if not held or len(train) < 3:
         return []
     fitted = cells.subset(train)
     predicted, _, _ = block_at(fitted, cells.shapes[held[0]])
@@ -174,7 +190,7 @@ def validate(cells: Cells, bounds: dict[str, float]) -> list[dict[str, object]]:
         if math.isnan(measured) or math.isnan(guess):
             continue
         error = float(relative(np.array([guess]), np.array([measured]))[0])
-        bound = bounds["latency_s" if figure == "latency_s" else "counter"]
+        bound = bounds["latency_s" if OP_FIGURES[figure] == "s" else "counter"]
         found.append(
             {"figure": figure, "fitted": sizes, "held_out": f"seq_len {big_s}, d_model {big_d}", "predicted": guess,
              "measured": measured, "error": error, "bound": bound, "held": error <= bound}
@@ -198,12 +214,14 @@ def model_figures(block: dict[str, dict[str, float]], layers: int) -> dict[str, 
     """Sums over the model: protect and reveal once, every other op once per private layer."""
     times = time_parts(block)
     found = {"online_s": sum(t * (1 if op in ENDS else layers) for op, t in times.items())}
-    for figure in COUNTERS[:-1]:
+    for figure in COUNTERS:
         values = [(op, v[figure]) for op, v in block.items() if figure in v and not math.isnan(v[figure])]
         if values:
             found[figure] = sum(x * (1 if op in ENDS else layers) for op, x in values)
     for op, t in times.items():
-        found[time_figure(op)] = found.get(time_figure(op), 0.0) + t * (1 if op in ENDS else layers)
+        boot = block[op].get("boot_s", 0.0) if op in block else 0.0
+        for name, part in ((time_figure(op), t - boot), ("time_bootstrapping_s", boot)):
+            found[name] = found.get(name, 0.0) + part * (1 if op in ENDS else layers)
     return found
 
 

@@ -28,7 +28,7 @@ import yaml
 from bench.columns import HARNESS, filled_by, registry
 from bench.manifest import MANIFEST_FILE
 from bench.project import docs as projected
-from bench.project.docs import ProjectionSpec
+from bench.project.docs import ProjectionSpec, anchor
 from bench.report.frame import ResultsError, fmt_seconds, read_run
 from bench.report.tables import Table, cells_table, cells_tables, counter_pivot, failure_table, latency_pivot, md
 from workloads.base import ConfigError
@@ -228,12 +228,6 @@ def results_page(runs: list[Run], projections: list[ProjectionSpec]) -> str:
     for spec in projections:
         lines += projected.section(spec, REPO)
     return "\n".join(lines).rstrip() + "\n"
-
-
-def anchor(title: str) -> str:
-    """GitHub's heading anchor."""
-    kept = "".join(ch for ch in title.lower() if ch.isalnum() or ch in " -_")
-    return kept.replace(" ", "-")
 
 
 # --- README headline ------------------------------------------------------------------------------

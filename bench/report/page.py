@@ -9,7 +9,6 @@ then the run named by PATH (or a parent of it) is used, else the run that finish
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import sys
 from datetime import UTC, datetime
@@ -19,8 +18,10 @@ from typing import Any
 import pandas as pd
 
 from bench.manifest import MANIFEST_FILE
+from bench.project.in_report import projection_blocks
 from bench.report.frame import ResultsError, read_run
 from bench.report.plots import Plot, draw_all
+from bench.report.render import Block, to_html, to_markdown
 from bench.report.tables import (
     MARKERS_NOTE,
     Table,
@@ -34,8 +35,6 @@ from bench.report.tables import (
 )
 from bench.results import row_files
 
-Block = tuple[str, Any]  # (kind, payload): h1/h2/h3/p/alert text, table Table, img Plot, details (summary, text)
-
 
 def build(results_path: str | Path, reports_dir: str | Path = "reports") -> Path:
     """Build the report of the run under `results_path` into `reports_dir/<run_id>/`; returns that directory."""
@@ -43,7 +42,7 @@ def build(results_path: str | Path, reports_dir: str | Path = "reports") -> Path
     out = Path(reports_dir) / run_id
     plots = draw_all(frame, out)
     manifests = run_manifests(results_path, run_id)
-    blocks = document(frame, run_id, Path(results_path), manifests, plots)
+    blocks = document(frame, run_id, Path(results_path), manifests, plots, out)
     (out / "index.html").write_text(to_html(blocks, f"encbench report {run_id}"), encoding="utf-8")
     (out / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
     return out
@@ -73,7 +72,9 @@ def first_run_id(rows_file: Path) -> str | None:
     return None
 
 
-def document(frame: pd.DataFrame, run_id: str, path: Path, manifests: dict, plots: list[Plot]) -> list[Block]:
+def document(
+    frame: pd.DataFrame, run_id: str, path: Path, manifests: dict, plots: list[Plot], out: Path
+) -> list[Block]:
     built = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     blocks: list[Block] = [
         ("h1", f"encbench report: run {run_id}"),
@@ -100,7 +101,8 @@ def document(frame: pd.DataFrame, run_id: str, path: Path, manifests: dict, plot
         counters = counter_pivot(frame, workload)
         if counters is not None:
             blocks += [("h3", f"{workload}: counters per op"), ("table", counters)]
-    blocks += [("p", MARKERS_NOTE), ("h2", "Failed, skipped and timed-out cells")]
+    blocks += [("p", MARKERS_NOTE), *projection_blocks(frame, out)]
+    blocks += [("h2", "Failed, skipped and timed-out cells")]
     failures = failure_table(frame)
     blocks.append(("table", failures) if failures is not None else ("p", "None: every cell ran."))
     return blocks
@@ -160,68 +162,6 @@ def show(value: Any) -> str:
     if isinstance(value, list):
         return " ".join(str(v) for v in value)
     return str(value)
-
-
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1260px;margin:1.5em auto;padding:0 1em;
-color:#222;line-height:1.4}
-h1{font-size:1.6em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}h3{margin-top:1.6em}
-.scroll{overflow-x:auto;margin:.4em 0 1.2em}
-table{border-collapse:collapse;font-size:13px}
-th,td{border:1px solid #ccc;padding:3px 7px;text-align:right;white-space:nowrap;vertical-align:top}
-th{background:#f3f3f3}th:first-child,td:first-child{text-align:left}
-/* labels wrap at spaces; a run without spaces wider than the cell (a variant list such as
-[softmax=power,norm=exact,...]) breaks inside it instead of running over the next column */
-td:first-child{white-space:normal;overflow-wrap:break-word;min-width:14em;max-width:30em}
-td.lines{white-space:pre}
-td.wrap{white-space:normal;text-align:left;min-width:30em}
-td.cliff{background:#d62728;color:#fff;font-weight:bold}
-td.insecure{background:#ffd43b;font-weight:bold}
-td.bad{color:#d62728;font-weight:bold}
-.alert{border-left:6px solid #d62728;background:#fdecea;padding:.6em 1em;font-weight:bold;margin:1em 0}
-figure{margin:.5em 0 1.5em}figure img{max-width:100%;height:auto;border:1px solid #eee}
-figcaption{color:#555;font-size:13px}
-pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:12px}
-"""
-
-
-def to_html(blocks: list[Block], title: str) -> str:
-    parts = [f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{CSS}</style></head><body>"]  # fmt: skip
-    for kind, payload in blocks:
-        if kind in ("h1", "h2", "h3", "p"):
-            parts.append(f"<{kind}>{html.escape(payload)}</{kind}>")
-        elif kind == "alert":
-            parts.append(f"<div class='alert'>{html.escape(payload)}</div>")
-        elif kind == "table":
-            parts.append(f"<div class='scroll'>{payload.to_html()}</div>")
-        elif kind == "img":
-            parts.append(f"<figure><img src='{html.escape(payload.file)}' alt='{html.escape(payload.title)}'>"
-                         f"<figcaption>{html.escape(payload.caption)}</figcaption></figure>")  # fmt: skip
-        elif kind == "details":
-            summary, text = payload
-            parts.append(f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre></details>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
-
-
-def to_markdown(blocks: list[Block]) -> str:
-    parts = []
-    for kind, payload in blocks:
-        if kind in ("h1", "h2", "h3"):
-            parts.append("#" * int(kind[1]) + " " + payload)
-        elif kind == "p":
-            parts.append(payload)
-        elif kind == "alert":
-            parts.append(f"> **{payload}**")
-        elif kind == "table":
-            parts.append(payload.to_markdown())
-        elif kind == "img":
-            parts.append(f"![{payload.title}]({payload.file})\n\n*{payload.caption}*")
-        elif kind == "details":
-            summary, text = payload
-            parts.append(f"<details><summary>{summary}</summary>\n\n```json\n{text}\n```\n\n</details>")
-    return "\n\n".join(parts) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
