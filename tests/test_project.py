@@ -209,3 +209,9 @@ def test_bootstrapping_time_is_split_out_at_the_cost_models_price():
     assert got["bootstraps"]["value"] == pytest.approx(12 * 2 * 128)
     assert got["time_bootstrapping_s"]["value"] == pytest.approx(12 * 2 * 128 * 0.5)
     assert got["time_norms_s"]["value"] == pytest.approx(12 * 4e-5 * 128)  # the rsqrt without its bootstraps
+
+
+def test_the_client_layers_count_when_one_backend_is_picked():
+    frame = pd.concat([synthetic(), synthetic(backend="plaintext")])
+    picked = figures(project(frame, configure(["model.private_layers=6", "backend=synthetic"])))
+    assert picked["client_s"]["value"] == pytest.approx(6 * exact(OPS, GPT2, layers=1)["online_s"])

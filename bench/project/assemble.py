@@ -43,6 +43,7 @@ def project(frame: pd.DataFrame, cfg: ProjectConfig) -> Projection:
     m = cfg.model
     target, layers = models.shape(m), models.private_layers(m)
     found = collect(frame, models.block(m))
+    client = client_block_s(found.get("plaintext"), target) * (m.n_layers - layers)
     if cfg.backend != "all":
         if cfg.backend not in found:
             raise ConfigError(f"backend={cfg.backend} has no block cells in the results; they have: {', '.join(found)}")
@@ -51,7 +52,6 @@ def project(frame: pd.DataFrame, cfg: ProjectConfig) -> Projection:
         raise ConfigError(f"network={cfg.network} is unknown; choose one of: all, {', '.join(cfg.networks)}")
     nets = cfg.networks if cfg.network == "all" else {cfg.network: cfg.networks[cfg.network]}
     bounds = {"latency_s": cfg.latency_bound, "counter": cfg.counter_bound}
-    client = client_block_s(found.get("plaintext"), target) * (m.n_layers - layers)
     out = Projection([], [], [], {})
     for backend, cells in found.items():
         base = {"model": m.name, "seq_len": m.seq_len, "private_layers": layers, "backend": backend}

@@ -152,11 +152,16 @@ def block_at(cells: Cells, target: dict[str, int]) -> tuple[dict[str, dict[str, 
     median = sources(cells, target)
     if median.shapes[0] == target:
         ops = {op: {f: float(np.median([o[op][f] for o in median.ops])) for f in v} for op, v in median.ops[0].items()}
-        cell = {f: float(np.nanmedian([c[f] for c in median.cell])) for f in CELL_FIGURES}
+        cell = {f: median_of([c[f] for c in median.cell]) for f in CELL_FIGURES}
         return ops, cell, "counted" if all(median.estimated) else "measured"
     found = fits(cells)
     ops = {op: {f: found[op, f](target) for f in OP_FIGURES if (op, f) in found} for op in cells.op_names}
     return ops, {f: found["total", f](target) for f in CELL_FIGURES if ("total", f) in found}, "fitted"
+
+
+def median_of(values: list[float]) -> float:
+    known = [v for v in values if not math.isnan(v)]
+    return float(np.median(known)) if known else math.nan
 
 
 def time_parts(ops: dict[str, dict[str, float]]) -> dict[str, float]:
