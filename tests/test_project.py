@@ -5,11 +5,13 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import encbench
 
 from bench.project.assemble import project
 from bench.project.cli import configure, main
 from bench.project.model import ModelConfig, ProjectConfig, block, variant
 from bench.project.projection import collect
+from workloads.base import ConfigError
 
 OPS = {  # op: figure -> formula of (s, d, h, f); every one is in its op class's monomials
     "protect": {"latency_s": lambda s, d, h, f: 1e-6 * s * d, "comm_bytes": lambda s, d, h, f: 8 * s * d},
@@ -129,6 +131,21 @@ def test_inaccurate_cells_are_flagged_and_failed_backends_said_unsupported():
         == "validated; from cells whose output missed its tolerance (their costs stand)"
     )
     assert figures(project(synthetic(), config()))["online_s"]["flag"] == "validated"
+
+
+def test_no_backend_able_to_run_the_model_is_one_error():
+    failed = synthetic().assign(status="error", error="synthetic: RuntimeError: out of memory")
+    with pytest.raises(ConfigError, match="^no backend can project gpt2: synthetic: RuntimeError: out of memory$"):
+        project(failed, config())
+
+
+def test_a_fit_run_reports_its_gpt2_projection(tmp_path):
+    grid = ("workload.seq_len=4,8", "workload.d_model=16,32", "harness.repeats=1")
+    done = encbench("+experiment=fit", "backend=plaintext", *grid, f"reports_dir={tmp_path / 'reports'}",
+                    "report=true", results=tmp_path / "results")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (page,) = (tmp_path / "reports").glob("*/report.md")
+    assert "## Projection: gpt2, 128 tokens" in page.read_text() and "report failed" not in done.stdout + done.stderr
 
 
 def write_rows(path, frame):

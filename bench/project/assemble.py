@@ -70,7 +70,7 @@ def project(frame: pd.DataFrame, cfg: ProjectConfig) -> Projection:
             for (op, figure), f in fits(cells).items()
         ]  # fmt: skip
     if all(isinstance(c, str) for c in found.values()):
-        raise ConfigError(f"no backend can project {m.name}: " + "; ".join(f"{b}: {c}" for b, c in found.items()))
+        raise ConfigError(f"no backend can project {m.name}: " + "; ".join(found.values()))
     return out
 
 

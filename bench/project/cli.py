@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import bench
@@ -41,18 +42,25 @@ def configure(overrides: list[str]) -> ProjectConfig:
             network = value
             overrides = [o for o in overrides if o != item]
     models.register()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="encbench-project"):
-        try:
-            cfg = compose(config_name="project", overrides=overrides)
-            check_declared(cfg, ["model", "network"])
-            typed = OmegaConf.to_object(cfg)
-        except (HydraException, OmegaConfBaseException) as exc:
-            default = compose(config_name="project")
-            keys = lambda parent: list(OmegaConf.select(default, parent or "").keys())  # noqa: E731
-            raise ConfigError(one_line(exc, keys)) from None
+    try:
+        cfg = composed(overrides)
+        check_declared(cfg, ["model", "network"])
+        typed = OmegaConf.to_object(cfg)
+    except (HydraException, OmegaConfBaseException) as exc:
+        default = composed([])
+        raise ConfigError(one_line(exc, lambda parent: list(OmegaConf.select(default, parent or "").keys()))) from None
     typed.network = network
     models.block_config(typed.model)  # validates the model's shape and switches
     return typed
+
+
+def composed(overrides: list[str]) -> DictConfig:
+    """conf/project.yaml with `overrides`; inside encbench's own run (its report) hydra is already
+    set up on conf/."""
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="project", overrides=overrides)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="encbench-project"):
+        return compose(config_name="project", overrides=overrides)
 
 
 def load(paths: list[str]) -> pd.DataFrame:
