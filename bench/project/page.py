@@ -11,6 +11,7 @@ import pandas as pd
 
 from bench.project.assemble import Projection, classes
 from bench.project.model import ProjectConfig, private_layers, variant
+from bench.project.projection import OP_FIGURES
 from bench.report.frame import fmt_bytes, fmt_count, fmt_seconds
 from bench.report.plots import Plot
 from bench.report.render import Block, to_html, to_markdown
@@ -22,11 +23,18 @@ FIGURE_NAMES = {"comm_bytes": "communication", "rounds": "rounds", "pbs": "PBS",
 PLOT_FILE = "fig-projection.png"  # the report's prefix: a rebuild removes a stale one
 
 
+def fmt_unit(unit: str, value: float) -> str:
+    """Seconds and bytes in human units; counts rounded, with separators."""
+    if unit in ("s", "bytes"):
+        return {"s": fmt_seconds, "bytes": fmt_bytes}[unit](value)
+    return fmt_count(round(value) if math.isfinite(value) else value)
+
+
 def show(row: pd.Series) -> str:
     """A value in its unit, with how it was obtained (M, C, F xfactor, P) and a flag mark."""
     if math.isnan(row.value):
         return "–"
-    text = {"s": fmt_seconds, "bytes": fmt_bytes}.get(row.unit, lambda v: fmt_count(round(v)))(row.value)
+    text = fmt_unit(row.unit, row.value)
     marks = "+".join(HOW_MARK.get(h, h) for h in row.how.split("+") if h)
     if "fitted" in row.how and row.extrapolation > 1:
         marks += f" ×{row.extrapolation:.3g}"
@@ -69,15 +77,14 @@ def validation_table(validation: list[dict[str, object]]) -> Table | None:
     if not validation:
         return None
     frame = pd.DataFrame(validation)
-    fmt = {"latency_s": fmt_seconds, "comm_bytes": fmt_bytes, "busiest_bytes": fmt_bytes}
-    show_value = [fmt.get(f, fmt_count) for f in frame.figure]
+    units = [OP_FIGURES[f] for f in frame.figure]
     table = pd.DataFrame(
         {
             "figure": frame.figure,
             "fitted": frame.fitted,
             "held out": frame.held_out,
-            "predicted": [f(v) for f, v in zip(show_value, frame.predicted, strict=True)],
-            "measured": [f(v) for f, v in zip(show_value, frame.measured, strict=True)],
+            "predicted": [fmt_unit(u, v) for u, v in zip(units, frame.predicted, strict=True)],
+            "measured": [fmt_unit(u, v) for u, v in zip(units, frame.measured, strict=True)],
             "error": frame.error.map(lambda e: f"{e:.1%}" if math.isfinite(e) else "∞"),
             "verdict": [
                 f"held (≤ {b:.0%})" if h else f"MISSED (> {b:.0%})"
