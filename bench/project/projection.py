@@ -66,7 +66,8 @@ def collect(frame: pd.DataFrame, block: Block) -> dict[str, Cells | str]:
     if rows.empty:
         found = sorted(frame.loc[frame.workload == "block", "variant"].unique())
         raise ConfigError(
-            f"the results hold no block cells of variant {variant}; they have: {', '.join(found) or 'none'}"
+            f"the results hold no block cells of variant {variant}; set model.softmax/norm/gelu to one they have "
+            f"({', '.join(found) or 'none'}) or measure it (encbench +experiment=fit)"
         )
     rows["busiest_bytes"] = busiest(rows)
     found: dict[str, Cells | str] = {}
