@@ -2,6 +2,7 @@
 builds circuits from, PBS per op against counting formulas (ours and the demo port's), the on-disk
 circuit cache, isolated per-op circuits, and the errors that name a fix."""
 
+import json
 from dataclasses import asdict
 
 import numpy as np
@@ -224,3 +225,21 @@ def test_execution_matches_the_clear_model_and_the_cost_model(cache):
     assert total["qclear_abs_error"] < 0.5  # p_error may flip a rare lookup; usually exactly 0
     assert not total["estimated"] and total["keygen_s"] > 0
     assert 0.5 < rows["circuit"]["latency_s"] / total["est_fhe_s"] < 2
+
+
+def test_estimates_use_the_reference_machines_model_until_this_one_is_measured(tmp_path, monkeypatch):
+    from backends.concrete import cost
+
+    monkeypatch.setattr(cost, "CACHE", tmp_path / "tfhe-cost.json")
+    cost.seconds_per_unit.cache_clear()
+    try:
+        model = cost.seconds_per_unit()  # nothing measured here: no calibration, the shipped model
+        assert model["machine"].startswith("the reference machine (concrete-")
+        assert cost.estimate(1e10) == pytest.approx(1e10 * model["seconds_per_unit"] + model["overhead_s"])
+        assert not (tmp_path / "tfhe-cost.json").exists()
+        mine = {"seconds_per_unit": 2e-10, "overhead_s": 0.5, "spread": 0.1}
+        (tmp_path / "tfhe-cost.json").write_text(json.dumps({cost.machine_key(): mine}))
+        cost.seconds_per_unit.cache_clear()
+        assert cost.seconds_per_unit() == {**mine, "machine": "this machine"}
+    finally:
+        cost.seconds_per_unit.cache_clear()

@@ -73,8 +73,9 @@ COLUMNS = (
            kind="parameter"),
     Column("n_bits", "bits", "cell", "bits of weights and activations", kind="parameter"),
     Column("fhe_mode", "text", "cell", "`compile`, `simulate` or `execute`", kind="parameter"),
-    Column("cost_model", "text", "cell", "the cost model on this machine: `seconds_per_unit`, `overhead_s`, "
-           "`spread` (largest relative residual of its fit)", kind="parameter"),
+    Column("cost_model", "text", "cell", "the cost model: `seconds_per_unit`, `overhead_s`, `spread` (largest "
+           "relative residual of its fit) and whose `machine` (this one once an executed cell measured it, else the "
+           "reference machine's)", kind="parameter"),
     Column("compile_s", "s", "cell", "calibration + compilation, as recorded when the circuit was made",
            kind="setup"),
     Column("keys_load_s", "s", "cell", "this cell's key generation or load (execute mode)", kind="setup"),
@@ -209,7 +210,7 @@ class ConcreteBackend(Backend):
         found = {}
         for op in self.scheme.op_names():
             program, _ = self._compiled(self.scheme.isolate(op), op)
-            estimate = cost.estimate(program.server.complexity)
+            estimate = cost.estimate(program.server.complexity, self.cfg.mode == "execute")
             found[op] = {"latency_s": estimate, "est_fhe_s": estimate, "estimated": True}
             if self.cfg.mode == "execute":
                 self._refuse_oversized_keys(program)
@@ -300,14 +301,14 @@ class ConcreteBackend(Backend):
 
     def estimate(self) -> float:
         """The cost model's run time for the fused circuit (`cost`)."""
-        return cost.estimate(self.info["complexity"])
+        return cost.estimate(self.info["complexity"], self.cfg.mode == "execute")
 
     def metrics(self):
         extra = {
             "qclear_abs_error": self.qclear_error,
             "topk_agreement": self.topk,
             "est_fhe_s": self.estimate(),
-            "cost_model": cost.seconds_per_unit(),  # seconds per complexity unit, overhead, spread
+            "cost_model": cost.seconds_per_unit(self.cfg.mode == "execute"),  # per unit, overhead, spread, whose
         }
         return {**self.info, **extra}
 
