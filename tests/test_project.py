@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from conftest import encbench
 
+from bench.config import register
 from bench.project.assemble import project
 from bench.project.cli import configure, main
 from bench.project.model import ModelConfig, ProjectConfig, block, variant
@@ -232,3 +233,9 @@ def test_the_client_layers_count_when_one_backend_is_picked():
     frame = pd.concat([synthetic(), synthetic(backend="plaintext")])
     picked = figures(project(frame, configure(["model.private_layers=6", "backend=synthetic"])))
     assert picked["client_s"]["value"] == pytest.approx(6 * exact(OPS, GPT2, layers=1)["online_s"])
+
+
+def test_backend_and_network_are_picks_even_where_encbench_registered_its_groups():
+    register()  # as in a process that also ran encbench's config (its report, or the tests before)
+    picked = configure(["backend=crypten", "network=wan"])
+    assert (picked.backend, picked.network) == ("crypten", "wan")

@@ -28,18 +28,19 @@ from bench.project.model import ProjectConfig
 from bench.project.page import write
 from workloads.base import ConfigError
 
+PICKS = ("network", "backend")  # plain strings of ProjectConfig that share a name with a config group
 MODELS = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
 
 
 def configure(overrides: list[str]) -> ProjectConfig:
     """The typed config of the overrides; ConfigError (one line) when one is unknown or invalid."""
-    network = "all"  # `network=` names a group to hydra (conf/network/): taken out before composing
+    picked = {}  # `network=` and `backend=` name groups to hydra (encbench's): taken out before composing
     for item in list(overrides):
         key, _, value = item.partition("=")
         if key.lstrip("+") == "model" and value not in MODELS:
             raise ConfigError(f"model={value} is unknown; choose one of: {', '.join(MODELS)}")
-        if key == "network":
-            network = value
+        if key in PICKS:
+            picked[key] = value
             overrides = [o for o in overrides if o != item]
     models.register()
     try:
@@ -49,7 +50,8 @@ def configure(overrides: list[str]) -> ProjectConfig:
     except (HydraException, OmegaConfBaseException) as exc:
         default = composed([])
         raise ConfigError(one_line(exc, lambda parent: list(OmegaConf.select(default, parent or "").keys()))) from None
-    typed.network = network
+    for key, value in picked.items():
+        setattr(typed, key, value)
     models.block_config(typed.model)  # validates the model's shape and switches
     return typed
 
