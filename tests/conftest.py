@@ -48,3 +48,22 @@ def quick_sweep(tmp_path_factory) -> subprocess.CompletedProcess:
     )
     done.results, done.reports = out / "results", out / "reports"
     return done
+
+
+EXIT_STATUS = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    session.config.stash[EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """Concrete's runtime, once it ran in this process, ends the interpreter with status 0, which hid
+    failing tests from `make test` and CI: leave with pytest's own status before exit handlers run."""
+    status = config.stash.get(EXIT_STATUS, None)
+    if status is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
