@@ -18,7 +18,6 @@ from bench.project.projection import (
     block_at,
     collect,
     extrapolation,
-    fits,
     model_figures,
     network_time,
     sources,
@@ -67,7 +66,7 @@ def project(frame: pd.DataFrame, cfg: ProjectConfig) -> Projection:
         out.fits += [
             {"backend": backend, "op": op, "figure": figure, "form": f.form, "residual": f.residual,
              "exact": f.exact, "cells": f.cells}
-            for (op, figure), f in fits(cells).items()
+            for (op, figure), f in cells.fitted.items()
         ]  # fmt: skip
     if all(isinstance(c, str) for c in found.values()):
         raise ConfigError(f"no backend can project {m.name}: " + "; ".join(found.values()))
@@ -86,7 +85,7 @@ def add_lm_head(cells: Cells, m: models.ModelConfig, figures, hows, factor, flag
     """The private LM head (d_model x vocab), from the MLP's first linear layer's fits at
     d_ff = vocab; unvalidated unless the fitted cells varied d_ff apart from d_model."""
     head_shape = {**models.shape(m), "d_ff": m.vocab}
-    found = fits(cells)
+    found = cells.fitted
     head = {f: found["mlp.fc1", f](head_shape) for f in OP_FIGURES if ("mlp.fc1", f) in found}
     head["time_linear_s"] = head.get("latency_s", 0.0)
     varied = len({s["d_ff"] / s["d_model"] for s in cells.shapes}) > 1

@@ -13,8 +13,9 @@ from bench.project.assemble import Projection, classes
 from bench.project.model import ProjectConfig, private_layers, variant
 from bench.project.projection import OP_FIGURES
 from bench.report.frame import fmt_bytes, fmt_count, fmt_seconds
-from bench.report.plots import Plot
+from bench.report.plots import Plot, plt
 from bench.report.render import Block, to_html, to_markdown
+from bench.report.style import figure
 from bench.report.tables import Table
 
 HOW_MARK = {"measured": "M", "counted": "C", "fitted": "F", "plaintext": "P"}
@@ -101,9 +102,6 @@ def validation_table(validation: list[dict[str, object]]) -> Table | None:
 def breakdown_plot(rows: pd.DataFrame, out: Path, networks: list[str]) -> Plot | None:
     """Stacked bars of shares: per backend x network, the model's online time by op class, the
     client's plaintext layers and the network; the total at the bar's end."""
-    from bench.report.plots import plt
-    from bench.report.style import figure
-
     parts = classes()
     totals = rows[rows.network.eq("") & rows.figure.eq("online_s") & rows.value.notna()]
     if totals.empty:

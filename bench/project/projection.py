@@ -9,6 +9,7 @@ predicts that largest cell, which it never saw; a miss beyond the bound is flagg
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 import backends
-from bench.network import NetworkConfig
+from bench.network import NetworkConfig, estimates
 from bench.project.fit import Fit, fit, relative, terms_for, time_figure
 from workloads.base import ConfigError
 from workloads.block import Block
@@ -42,6 +43,11 @@ class Cells:
     estimated: list[bool]
     inaccurate: list[bool]  # output error above tolerance: the cell's costs stand, its output did not
     notes: list[str] = field(default_factory=list)
+
+    @functools.cached_property
+    def fitted(self) -> dict[tuple[str, str], Fit]:
+        """`fits` over these cells, made once (read after `collect` has filled them)."""
+        return fits(self)
 
     @property
     def op_names(self) -> list[str]:
@@ -155,7 +161,7 @@ def block_at(cells: Cells, target: dict[str, int]) -> tuple[dict[str, dict[str, 
         ops = {op: {f: float(np.median([o[op][f] for o in median.ops])) for f in v} for op, v in median.ops[0].items()}
         cell = {f: median_of([c[f] for c in median.cell]) for f in CELL_FIGURES}
         return ops, cell, "counted" if all(median.estimated) else "measured"
-    found = fits(cells)
+    found = cells.fitted
     ops = {op: {f: found[op, f](target) for f in OP_FIGURES if (op, f) in found} for op in cells.op_names}
     return ops, {f: found["total", f](target) for f in CELL_FIGURES if ("total", f) in found}, "fitted"
 
@@ -232,5 +238,7 @@ def model_figures(block: dict[str, dict[str, float]], layers: int) -> dict[str, 
 
 
 def network_time(figures: dict[str, float], net: NetworkConfig) -> float:
-    rounds, sent = figures.get("rounds", 0.0), figures.get("busiest_bytes", figures.get("comm_bytes", 0.0))
-    return figures["online_s"] + rounds * net.rtt_ms / 1e3 + sent * 8 / (net.bandwidth_gbps * 1e9)
+    """The model's online time on `net`, by the rows' formula (`bench.network.estimates`)."""
+    sent = figures.get("busiest_bytes", figures.get("comm_bytes", 0.0))
+    row = {"latency_s": figures["online_s"], "rounds": figures.get("rounds", 0.0), "comm_bytes": sent}
+    return estimates(row, {"net": net})["est_net_s"]
