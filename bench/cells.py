@@ -79,9 +79,10 @@ def run_cell(cell: Cell) -> list[dict[str, Any]]:
 
 
 def variant_configs(cls: type[workloads.Workload], sizes: dict[str, Any], mode: str) -> list[Any]:
-    """`default`: the default variant; `each`: also every other value of one switch at a time;
-    `grid`: every combination of switch values. Variants these sizes do not allow (head_merge=2
-    with an odd n_heads) are left out; the default variant (listed first) must be valid."""
+    """`default`: the default variant; `each`: also every other value of one switch at a time (not
+    of the workload's `each_fixed` switches); `grid`: every combination of switch values. Variants
+    these sizes do not allow (head_merge=2 with an odd n_heads) are left out; the default variant
+    (listed first) must be valid."""
     if mode == "grid":
         switches = list(cls.variants)
         combos = [dict(zip(switches, values, strict=True)) for values in itertools.product(*cls.variants.values())]
@@ -89,7 +90,13 @@ def variant_configs(cls: type[workloads.Workload], sizes: dict[str, Any], mode: 
         combos = [{}]
         if mode == "each":
             defaults = cls.Config()
-            combos += [{s: v} for s, vals in cls.variants.items() for v in vals if v != getattr(defaults, s)]
+            combos += [
+                {s: v}
+                for s, vals in cls.variants.items()
+                if s not in cls.each_fixed
+                for v in vals
+                if v != getattr(defaults, s)
+            ]
     configs = [cls.Config(**sizes, **combo, name=cls.name) for combo in combos]
     return [configs[0], *(c for c in configs[1:] if valid(cls, c))]  # the first is the default variant
 

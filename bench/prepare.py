@@ -59,7 +59,8 @@ def group_choices() -> dict[str, list[str]]:
     """Each config group (hydra's own aside) and its options."""
     found = {p.name: sorted(f.stem for f in p.glob("*.yaml")) for p in Path(CONF_DIR).iterdir() if p.is_dir()}
     del found["hydra"], found["model"]  # hydra's own; encbench-project's
-    return {**found, "backend": ["all", *backends.names()], "workload": ["all", *workloads.REGISTRY]}
+    presets = found.pop("workload", [])  # conf/workload/*.yaml: workloads with variants set
+    return {**found, "backend": ["all", *backends.names()], "workload": ["all", *workloads.REGISTRY, *presets]}
 
 
 def check_groups(overrides: list[str], choices: dict[str, list[str]]) -> None:

@@ -34,15 +34,22 @@ ELEMENT = 8  # bytes per CrypTen ring element
 
 
 # Known accuracy cliff, kept measurable rather than skipped: `power` (x^4) softmax after
-# LayerNorm. Row 0 has one unmasked score, and its x^4 sum is ~1e-4 (9 units of 2^-16), so the
+# LayerNorm (or RMSNorm). Row 0 has one unmasked score, and its x^4 sum is ~1e-4 (9 units of 2^-16), so the
 # normalised weight e / (e + eps) ~ 1 is below 16-bit fixed-point resolution whatever the reciprocal
 # does (measured 0.46 at reciprocal_scale 1, 1.4-1.9 at 8-64, also at 20 bits). The suite asserts
 # that the cliff is flagged (`accurate` false) instead of passing it.
-CLIFFS = {("block", "softmax=power,norm=exact,gelu=exact,head_merge=1"): "attn.softmax"}
+CLIFFS = {
+    ("block", "softmax=power,norm=exact,gelu=exact,head_merge=1"): "attn.softmax",
+    ("llama_block", "softmax=power,norm=exact,silu=exact"): "attn.softmax",  # the same after RMSNorm
+}
 
 
 class TestCrypten(BackendConformance):
     backend = "crypten"
+    extra_workloads = [  # grouped K/V heads through every op that reads them
+        {"name": "llama_block", **BackendConformance.sizes, "n_kv_heads": 1, "softmax": s}
+        for s in ("exact", "gaussian")
+    ]
 
     def test_every_supported_cell_runs_within_tolerance(self, results):
         for key, rows, _ in self.ok_cells(results):
@@ -136,6 +143,32 @@ def test_attention_opens_x_once_for_q_k_and_v():
     assert qkv["comm_bytes_p0"] == qkv["comm_bytes_p1"] == per_party
     assert qkv["comm_bytes"] == 2 * per_party
     assert qkv["status"] == "ok" and qkv["max_abs_error"] <= qkv["tolerance"], qkv
+
+
+def test_grouped_query_attention_saves_the_beaver_bytes_of_the_kv_heads_it_drops():
+    """n_kv_heads = n_heads / 4 against n_kv_heads = n_heads, everything else alike: per party,
+    the q/k/v product opens 2 (n_heads - n_kv) head_dim d_model fewer weight entries, and the
+    grouped qk and av products open (n_heads - n_kv) seq head_dim fewer K and V entries each."""
+    from bench.cells import measure_job
+
+    seq, d, heads = 8, 64, 8
+    hd, config = d // heads, CryptenConfig()
+    harness = asdict(HarnessConfig(warmup=0, repeats=1))
+    rows = {}
+    for kv in (heads, heads // 4):
+        wl = {"name": "llama_block", "seq_len": seq, "d_model": d, "n_heads": heads, "n_kv_heads": kv}
+        cell_rows = CryptenBackend.execute(config, functools.partial(measure_job, Cell(asdict(config), wl, harness)))
+        rows[kv] = {row["op"]: row for row in cell_rows}
+        assert rows[kv]["total"]["status"] == "ok" and rows[kv]["total"]["accurate"], rows[kv]["total"]
+    dropped = heads - heads // 4
+
+    def saved(op):
+        return rows[heads][op]["comm_bytes_p0"] - rows[heads // 4][op]["comm_bytes_p0"]
+
+    assert saved("attn.qkv_proj") == ELEMENT * 2 * dropped * hd * d
+    assert saved("attn.qk_matmul") == saved("attn.av_matmul") == ELEMENT * dropped * seq * hd
+    assert saved("total") == ELEMENT * dropped * (2 * hd * d + 2 * seq * hd)
+    assert rows[heads // 4]["attn.repeat_kv"]["comm_bytes"] == rows[heads // 4]["attn.rope"]["comm_bytes"] == 0
 
 
 def test_three_parties_count_every_party_and_agree_with_crypten_totals():

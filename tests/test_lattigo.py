@@ -4,7 +4,9 @@ tiled packing of cells wider than one ciphertext, and the errors bad parameters 
 
 from dataclasses import asdict
 
+import numpy as np
 import pytest
+import torch
 from test_backend_conformance import BackendConformance
 
 import backends
@@ -15,7 +17,14 @@ from workloads.base import ConfigError
 if backends.get("lattigo").unavailable():
     pytest.skip(backends.get("lattigo").unavailable(), allow_module_level=True)
 
+from backends.ckks.engine import DryEngine  # noqa: E402
+from backends.ckks.ops import CkksOps  # noqa: E402
+from backends.ckks.tensor import Packer  # noqa: E402
 from backends.lattigo import LattigoConfig  # noqa: E402
+from backends.lattigo import params as lp  # noqa: E402
+from backends.lattigo.engine import LattigoEngine  # noqa: E402
+from workloads.llama import rope_tables  # noqa: E402
+from workloads.ops import TorchOps  # noqa: E402
 
 QUICK = HarnessConfig(warmup=0, repeats=1)
 SMALL = {"log_n": 13, "allow_insecure": True}  # 4,096 slots: bootstrapping keys in seconds, not minutes
@@ -29,7 +38,11 @@ class TestLattigoCounting(BackendConformance):
     backend = "lattigo"
     config = {**SMALL, "mode": "count"}
     # one head's (seq, head_dim) operands must fit one ciphertext: 256 rows of 256 do not in 2^12 slots
-    extra_workloads = [{"name": "attention_head", "seq_len": 256, "d_model": 16}]
+    extra_workloads = [
+        {"name": "attention_head", "seq_len": 256, "d_model": 16},
+        # grouped-query attention: 2 K/V heads for 4 query heads
+        {"name": "llama_block", "seq_len": 4, "d_model": 32, "n_heads": 4, "n_kv_heads": 2, "d_ff": 32, "silu": "poly"},
+    ]
 
 
 def run(workload: dict, **backend) -> list[dict]:
@@ -79,6 +92,29 @@ def test_cost_model_prices_every_op(executed_head):
     ops = [op for op in rows if op != "total"]
     assert all(rows[op]["est_he_s"] > 0 for op in ops)
     assert rows["total"]["est_he_s"] == pytest.approx(sum(rows[op]["est_he_s"] for op in ops))
+
+
+def test_rotary_and_repeated_heads_execute_as_the_dry_run_counts():
+    """Llama's head ops on the library (no bootstrapper: a fresh ciphertext has the levels) equal
+    float64, with the dry twin's work, primitive by primitive. A whole executed llama_block takes
+    as long as `block` above (~80 s here): the cells run in counting mode instead."""
+    cfg = LattigoConfig(**SMALL)
+    params = lp.make(cfg, 1 << (cfg.log_n - 1))
+    x = torch.randn(4, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    cos, sin = rope_tables(4, 8, 10000.0)
+
+    def heads(engine):
+        packer = Packer(engine, 4, 128)
+        ops = CkksOps(packer, cfg, (0.25, 32.0))
+        k = ops.split_heads(packer.encrypt(x.numpy()), 4)
+        return packer.decrypt(ops.repeat_heads(ops.rotary(k, cos, sin), 2)), engine.stats
+
+    expected, planned = heads(DryEngine(params, bootstrap=True))
+    got, executed = heads(LattigoEngine(params, set(planned.steps)))
+    torch_ops = TorchOps()
+    reference = torch_ops.repeat_heads(torch_ops.rotary(torch_ops.split_heads(x, 4), cos, sin), 2)
+    assert np.allclose(expected, reference.numpy()) and np.abs(got - expected).max() < 1e-5
+    assert (executed.rotations, executed.depth, executed.work) == (planned.rotations, planned.depth, planned.work)
 
 
 @pytest.mark.parametrize("softmax", ["exact", "gaussian"])

@@ -25,17 +25,23 @@ from backends.ckks.tensor import Packer, Weight  # noqa: E402
 from backends.tenseal import TensealConfig  # noqa: E402
 from backends.tenseal import params as cp  # noqa: E402
 from backends.tenseal.seal import CkksError, SealEngine, translate  # noqa: E402
+from workloads.llama import rope_tables  # noqa: E402
+from workloads.ops import TorchOps  # noqa: E402
 
 QUICK = HarnessConfig(warmup=0, repeats=1)
 GEN = torch.Generator().manual_seed(5)
+# grouped-query attention: 2 K/V heads for 4 query heads (the conformance sizes' llama_block has 2 of 2)
+GQA = {"name": "llama_block", "seq_len": 4, "d_model": 32, "n_heads": 4, "n_kv_heads": 2, "d_ff": 32, "silu": "quad"}
 
 
 class TestTenseal(BackendConformance):
     backend = "tenseal"
-    # head_dim 8 < seq_len 16: heads compacted into wider windows for the attention products
     extra_workloads = [
-        {"name": "block", "seq_len": 16, "d_model": 16, "n_heads": 2, "d_ff": 32, "gelu": "poly", "softmax": "gaussian"}
-    ]
+        # head_dim 8 < seq_len 16: heads compacted into wider windows for the attention products
+        {"name": "block", "seq_len": 16, "d_model": 16, "n_heads": 2, "d_ff": 32, "gelu": "poly",
+         "softmax": "gaussian"},
+        GQA,
+    ]  # fmt: skip
 
 
 def run(workload: dict, **backend) -> list[dict]:
@@ -99,6 +105,40 @@ def test_tiled_and_grouped_layouts_match_torch_exactly(n, slots, heads, tall):
     sums = ops.add(ops.sum(ops.square(q)), ops.transpose(ops.sum(ops.square(q))))  # gaussian's distances
     norms = (ref * ref).sum(-1, keepdim=True)
     assert np.allclose(packer.decrypt(sums), (norms + norms.transpose(-1, -2)).numpy())
+
+
+@pytest.mark.parametrize(
+    "n, slots, d_in, kv, times, compacted",
+    [
+        (4, 512, 16, 2, 2, False),  # one ciphertext; k from a tall projection: junk past its footprint
+        (8, 256, 32, 2, 3, False),  # rows tiled over two ciphertexts; 3 query heads per K/V head
+        (4, 512, 16, 1, 4, False),  # one K/V head (multi-query attention)
+        (16, 256, 16, 2, 2, True),  # heads compacted into groups (head_dim 4 < seq 16) beforehand
+    ],
+)
+def test_rotary_and_repeated_heads_match_torch_exactly(n, slots, d_in, kv, times, compacted):
+    """Rotary: 2 rotations and 1 level per ciphertext; repeat: kv - 1 + (log2 times, at most
+    2 log2 times) rotations and 1 level (none for one clean K/V head), as documented in `heads`."""
+    engine, packer, ops = dry(n=n, block=64, slots=slots)
+    hd, torch_ops = 4, TorchOps()
+    x, w = randn(n, d_in), randn(d_in, kv * hd)
+    k = ops.split_heads(ops.linear(packer.encrypt(x.numpy()), Weight("w", w.numpy()), None), kv)
+    k = packer.compact(k) if compacted else k
+    cos, sin = rope_tables(n, hd, 10000.0)
+    ref = torch_ops.rotary(torch_ops.split_heads(x @ w, kv), cos, sin)
+    before = engine.stats.rotations
+    rotated = ops.rotary(k, cos, sin)
+    assert np.allclose(packer.decrypt(rotated), ref.numpy()) and not rotated.junk
+    assert engine.stats.rotations - before == 2 * len(k.cts)
+    assert {ct.depth for ct in rotated.cts} == {ct.depth + 1 for ct in k.cts}
+    for m, level in ((k, kv > 1 or k.junk), (rotated, kv > 1)):
+        before = engine.stats.rotations
+        repeated = ops.repeat_heads(m, times)
+        assert np.allclose(packer.decrypt(repeated), torch_ops.repeat_heads(torch.from_numpy(packer.decrypt(m)), times))
+        if not compacted:
+            replicas = times.bit_length() - 1 + times.bit_count() - 1
+            assert engine.stats.rotations - before == (kv - 1 + replicas) * len(m.cts)
+            assert {ct.depth for ct in repeated.cts} == {ct.depth + level for ct in m.cts}
 
 
 def test_row_sums_broadcast_and_transposed_columns():

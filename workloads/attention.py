@@ -90,12 +90,17 @@ def attention(ops: Ops, rec: Recorder, cfg: AttentionConfig, n_heads: int, x, w:
         return tuple(ops.split_heads(p, n_heads) for p in projected)
 
     q, k, v = rec("qkv_proj", qkv)
+    heads = attend(ops, rec, cfg, q, k, v, head_dim)
+    return rec("out_proj", lambda: ops.linear(ops.merge_heads(heads), w["wo"], w["bo"]))
+
+
+def attend(ops: Ops, rec: Recorder, cfg: AttentionConfig, q, k, v, head_dim: int):
+    """`qk_matmul`, `softmax` (the variant), `av_matmul` of split heads (n_heads, seq, head_dim)."""
     keep = torch.tril(torch.ones(cfg.seq_len, cfg.seq_len, dtype=torch.float64))
     # scaled and causally masked: scores above the diagonal are 0, so no backend needs to compute them
     scores = rec("qk_matmul", lambda: ops.mul(ops.matmul(q, ops.transpose(k)), keep / math.sqrt(head_dim)))
     probs = rec("softmax", lambda: attention_weights(ops, cfg, head_dim, scores, q, k))
-    heads = rec("av_matmul", lambda: ops.matmul(probs, v))
-    return rec("out_proj", lambda: ops.linear(ops.merge_heads(heads), w["wo"], w["bo"]))
+    return rec("av_matmul", lambda: ops.matmul(probs, v))
 
 
 def attention_weights_init(wl: Workload, gen: torch.Generator, width: int) -> dict[str, torch.Tensor]:

@@ -75,6 +75,7 @@ class Workload(ABC):
     name: ClassVar[str]
     Config: ClassVar[type[WorkloadConfig]]
     variants: ClassVar[dict[str, tuple[str, ...]]] = {}
+    each_fixed: ClassVar[tuple[str, ...]] = ()  # switches the `each` sweep leaves at their default
     uses_heads: ClassVar[bool] = False
 
     def __init__(self, cfg: WorkloadConfig):

@@ -82,6 +82,10 @@ class Ops(ABC):
         """Exact (erf) GELU."""
 
     @abstractmethod
+    def silu(self, x: Value) -> Value:
+        """Exact SiLU, `x * sigmoid(x)` (Llama's gate)."""
+
+    @abstractmethod
     def softmax(self, x: Value) -> Value:
         """Softmax over the last dim."""
 
@@ -96,6 +100,17 @@ class Ops(ABC):
     @abstractmethod
     def merge_heads(self, x: Value) -> Value:
         """(n_heads, seq, head_dim) -> (seq, n_heads * head_dim)."""
+
+    @abstractmethod
+    def rotary(self, x: Value, cos: torch.Tensor, sin: torch.Tensor) -> Value:
+        """Rotary position embedding of split heads (n_heads, seq, head_dim):
+        `x * cos + rotate_half(x) * sin`, rotate_half(x) = (-x[..., hd/2:], x[..., :hd/2]);
+        `cos`, `sin` public (seq, head_dim). A public permutation and two public products."""
+
+    @abstractmethod
+    def repeat_heads(self, x: Value, times: int) -> Value:
+        """(n_heads, seq, head_dim) -> (n_heads * times, seq, head_dim), head i repeated as heads
+        i * times .. (i + 1) * times - 1 (grouped-query attention's shared K/V heads)."""
 
 
 class TorchOps(Ops):
@@ -148,6 +163,9 @@ class TorchOps(Ops):
     def gelu(self, x):
         return torch.nn.functional.gelu(x)
 
+    def silu(self, x):
+        return torch.nn.functional.silu(x)
+
     def softmax(self, x):
         return torch.softmax(x, dim=-1)
 
@@ -162,6 +180,18 @@ class TorchOps(Ops):
 
     def merge_heads(self, x):
         return reshape_merge_heads(x)
+
+    def rotary(self, x, cos, sin):
+        return x * self._same_dtype(cos) + rotate_half(x) * self._same_dtype(sin)
+
+    def repeat_heads(self, x, times):
+        return x.repeat_interleave(times, dim=0)
+
+
+def rotate_half(x, cat=torch.cat):
+    """(-x[..., hd/2:], x[..., :hd/2]) for any value with torch's indexing, given its `cat`."""
+    half = x.shape[-1] // 2
+    return cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
 def reshape_split_heads(x, n_heads: int):

@@ -102,27 +102,27 @@ def flatten(value) -> torch.Tensor:
     return torch.cat([flatten(v) for v in parts])
 
 
+MLP_WORKLOADS = ("block", "llama_block")  # `Workload.d_ff` exists on all (4 d_model by default): it cannot tell
+
+
 def attention_window(workload) -> int | None:
-    """Slots of one head's window in the attention products (n scores, head_dim values); None
-    for workloads without attention."""
-    if workload.name not in ("attention_head", "block"):
+    """Slots of one head's window in the attention products (n scores, head_dim values, `block`'s
+    heads head_merge times wider); None for workloads without heads."""
+    if not workload.uses_heads:
         return None
-    cfg = workload.cfg
-    heads = cfg.n_heads // getattr(cfg, "head_merge", 1) if workload.name == "block" else 1
-    hd = workload.head_dim if heads == 1 else cfg.d_model // heads
-    return pow2(max(hd, cfg.seq_len))
+    head_dim = workload.head_dim * getattr(workload.cfg, "head_merge", 1)
+    return pow2(max(head_dim, workload.cfg.seq_len))
 
 
 def cell_shape(workload: Workload) -> tuple[int, int, int]:
     """(rows, block B, slots needed): B holds a row replicated for the widest product; the slots
     hold every matrix in one ciphertext, and a head's window doubled for the row shifts."""
     cfg = workload.cfg
-    dims = [cfg.d_model, cfg.seq_len] + ([workload.d_ff] if workload.name == "block" else [])
+    dims = [cfg.d_model, cfg.seq_len] + ([workload.d_ff] if workload.name in MLP_WORKLOADS else [])
     block = pow2(2 * max(pow2(d) for d in dims))
-    shifts_rows = workload.name in ("attention_head", "block")
-    doubled = 2 if shifts_rows and cfg.seq_len != pow2(cfg.seq_len) else 1
-    window = attention_window(workload) or 0
-    return cfg.seq_len, block, max(doubled * cfg.seq_len * block, 2 * cfg.seq_len * window)
+    window = attention_window(workload)
+    doubled = 2 if window and cfg.seq_len != pow2(cfg.seq_len) else 1
+    return cfg.seq_len, block, max(doubled * cfg.seq_len * block, 2 * cfg.seq_len * (window or 0))
 
 
 def packing_why_not(workload, slots: int) -> str | None:

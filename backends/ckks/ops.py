@@ -1,6 +1,7 @@
 """`Ops` on packed CKKS values: dispatch on operand kinds (ciphertext `Mat`, lazy `Transposed`,
-server `Weight`, public float / tensor) to the packed products of `tensor` and the polynomial
-stand-ins of `approx`, tracking which slots outside a matrix's footprint may hold junk."""
+server `Weight`, public float / tensor) to the packed products of `tensor` and `attention`, the
+head ops of `heads` and the polynomial stand-ins of `approx`, tracking which slots outside a
+matrix's footprint may hold junk."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import replace
 
 import torch
 
-from backends.ckks import approx, attention
+from backends.ckks import approx, attention, heads
 from backends.ckks.tensor import Mat, Packer, Transposed, Weight
 from workloads.ops import Ops
 
@@ -68,6 +69,9 @@ class CkksOps(Ops):
     def gelu(self, x):
         raise NotImplementedError("ckks: exact (erf) GELU has no polynomial form here; use gelu=poly")
 
+    def silu(self, x):
+        raise NotImplementedError("ckks: exact SiLU has no polynomial form here; use silu=poly")
+
     def softmax(self, x):
         e = self.exp(x)
         return self.mul(e, self.reciprocal(self.sum(e)))
@@ -84,6 +88,12 @@ class CkksOps(Ops):
             x = self.p.relayout(x, self.p.block, 1, x.width)
         width = x.width * x.heads
         return Mat(x.cts, "row", width, 1, x.block, False, width, x.block, x.junk)
+
+    def rotary(self, x, cos, sin):
+        return heads.rotary(self.p, x, cos.double().numpy(), sin.double().numpy())
+
+    def repeat_heads(self, x, times):
+        return heads.repeat(self.p, x, times)
 
     def _binary(self, op, a, b):
         if isinstance(a, Transposed):

@@ -120,6 +120,7 @@ class ConcreteBackend(Backend):
             "layernorm": ALL,
             "block": {"softmax": ("exact", "relu", "quad2", "gaussian")},
             "lora_update": ALL,
+            "llama_block": {"softmax": ("exact", "relu", "quad2", "gaussian")},
         },
         columns=COLUMNS,
     )

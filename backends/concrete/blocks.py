@@ -20,6 +20,17 @@ def concrete_fhe():
     return fhe
 
 
+def cols(x, start: int, stop: int):
+    """`x[..., start:stop]` (Concrete's tracers take no Ellipsis)."""
+    return x[(slice(None),) * (x.ndim - 1) + (slice(start, stop),)]
+
+
+def swap_halves(x):
+    """The two halves of the last dim swapped, by slicing and concatenation: no PBS."""
+    half = x.shape[-1] // 2
+    return np.concatenate((cols(x, half, x.shape[-1]), cols(x, 0, half)), axis=-1)
+
+
 def on_free(free: np.ndarray, fn, *values):
     """`fn` on the entries marked `free` of `values` (same shape), zeros elsewhere: the free entries
     are gathered into one vector and scattered back by static indexing, other entries zeroed by a

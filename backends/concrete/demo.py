@@ -27,18 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from backends.concrete.blocks import concrete_fhe
+from backends.concrete.blocks import cols, concrete_fhe
 from workloads.base import Capture, Workload, run_op
 
 
 def quant_scale(f: np.ndarray, n_bits: int) -> float:
     top = float(np.abs(f).max())
     return top / (2 ** (n_bits - 1) - 1) if top else 1.0
-
-
-def cols(x, start: int, stop: int):
-    """`x[..., start:stop]` (Concrete's tracers take no Ellipsis)."""
-    return x[(slice(None),) * (x.ndim - 1) + (slice(start, stop),)]
 
 
 def last_two_swapped(x):

@@ -25,7 +25,9 @@ Where the PBS go (one programmable bootstrap per lookup per entry):
   computed, and terms whose operand is a known zero are skipped: a causal head pays for the lower
   triangle only. Elementwise private products cost two lookups per entry;
 - a sum of private values on different grids first maps one onto the other's grid (one lookup per
-  entry, `_align`).
+  entry, `_align`);
+- head layout (`heads`): static indexing and clear products, no PBS but the re-quantization of the
+  input of `rotary` and `repeat_heads`.
 """
 
 from __future__ import annotations
@@ -36,13 +38,14 @@ import numpy as np
 import torch
 
 from backends.concrete.blocks import concrete_fhe, elementwise_product, matrix_product, on_free, row_maxima
+from backends.concrete.heads import HeadOps
 from backends.concrete.values import Product, Q, QuantSettings, a_shape, dequantize, known_as_public
 from workloads.ops import Ops
 
 MODES = ("calibrate", "clear", "trace")
 
 
-class QuantOps(Ops):
+class QuantOps(HeadOps, Ops):
     """`Ops` on `Q` values in one of `MODES`; `ranges` come from the calibrate pass."""
 
     def __init__(self, settings: QuantSettings, mode: str, ranges: list[list[float]] | None = None, rounders=None):
@@ -152,6 +155,9 @@ class QuantOps(Ops):
     def gelu(self, x):
         return self.lookup(x, lambda a: torch.nn.functional.gelu(torch.as_tensor(a)).numpy())
 
+    def silu(self, x):
+        return self.lookup(x, lambda a: torch.nn.functional.silu(torch.as_tensor(a)).numpy())
+
     def softmax(self, x):
         """exp(x - row max) as one lookup per entry, on the scores re-quantized (one lookup per entry)
         so that the row max (Concrete's maximum, ~1 lookup per comparison) is narrow; the row sum's
@@ -168,24 +174,6 @@ class QuantOps(Ops):
 
     def poly(self, x, coeffs):
         return self.lookup(x, lambda a: np.polynomial.polynomial.polyval(a, coeffs))
-
-    def split_heads(self, x, n_heads):
-        x = self._value(x)
-        seq, width = x.shape
-
-        def split(t):
-            return np.transpose(t.reshape(seq, n_heads, width // n_heads), (1, 0, 2))
-
-        return Q(split(x.v), x.scale, split(x.fixed), x.narrow)
-
-    def merge_heads(self, x):
-        x = self._value(x)
-        n_heads, seq, head_dim = x.shape
-
-        def merge(t):
-            return np.transpose(t, (1, 0, 2)).reshape(seq, n_heads * head_dim)
-
-        return Q(merge(x.v), x.scale, merge(x.fixed), x.narrow)
 
     # lookups ------------------------------------------------------------------------------------
 

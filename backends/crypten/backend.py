@@ -44,7 +44,7 @@ from backends.base import (
     map_values,
 )
 from backends.crypten import parties
-from backends.crypten.ops import CryptenOps
+from backends.crypten.ops import CryptenOps, expanded
 from workloads.base import ConfigError
 
 TRIPLES = ("TFP", "TTP")
@@ -173,7 +173,11 @@ class CryptenBackend(Backend):
         return self._share(inputs, owner=0)
 
     def reveal(self, value):
-        return map_values(lambda v: v.double() if isinstance(v, torch.Tensor) else v.get_plain_text().double(), value)
+        def plain(v):
+            v = expanded(v)
+            return v.double() if isinstance(v, torch.Tensor) else v.get_plain_text().double()
+
+        return map_values(plain, value)
 
     def sync(self):
         torch.distributed.barrier(group=self.comm.main_group)  # direct: not logged as a round

@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from workloads.ops import Ops, TorchOps, reshape_merge_heads, reshape_split_heads
+from workloads.ops import Ops, TorchOps, reshape_merge_heads, reshape_split_heads, rotate_half
 
 if TYPE_CHECKING:
     from backends.crypten.backend import CryptenConfig
+
+
+@dataclass
+class Repeated:
+    """K/V heads (kv, ..) standing for `times` copies of each (grouped-query attention), not yet
+    copied: a product with them runs per group, so each K/V entry is opened once."""
+
+    value: Any
+    times: int
+
+    def expand(self):
+        """The copies, made locally: (kv * times, ..)."""
+        v = self.value
+        return v.unsqueeze(1).expand(v.shape[0], self.times, *v.shape[1:]).reshape(-1, *v.shape[1:])
+
+
+def grouped(x, times: int):
+    """(kv * times, a, b) -> (kv, times * a, b): the query heads of each K/V head stacked as rows."""
+    return x.reshape(x.shape[0] // times, times * x.shape[1], x.shape[2])
 
 
 class CryptenOps(Ops):
@@ -51,6 +71,9 @@ class CryptenOps(Ops):
         return tuple(p if b is None else self.add(p, b) for p, b in zip(parts, bs, strict=True))
 
     def matmul(self, a, b):
+        if isinstance(b, Repeated):  # per K/V group: one Beaver product opening K/V once
+            out = self.matmul(grouped(a, b.times), b.value)
+            return out.reshape(a.shape[0], a.shape[1], out.shape[-1])
         if self.private(a) and self.private(b):
             return self._counted(lambda: a.matmul(b))
         if self.private(a):
@@ -60,19 +83,24 @@ class CryptenOps(Ops):
         return self.plain.matmul(a, b)
 
     def transpose(self, a):
+        if isinstance(a, Repeated):
+            return Repeated(a.value.transpose(-2, -1), a.times)
         return a.transpose(-2, -1)
 
     def add(self, a, b):
+        a, b = expanded(a), expanded(b)
         if self.private(a):
             return a.add(b)
         return b.add(a) if self.private(b) else self.plain.add(a, b)
 
     def sub(self, a, b):
+        a, b = expanded(a), expanded(b)
         if self.private(a):
             return a.sub(b)
         return b.neg().add(a) if self.private(b) else self.plain.sub(a, b)
 
     def mul(self, a, b):
+        a, b = expanded(a), expanded(b)
         if self.private(a) and self.private(b):
             return self._counted(lambda: a.mul(b))
         if self.private(a):
@@ -80,9 +108,14 @@ class CryptenOps(Ops):
         return b.mul(a) if self.private(b) else self.plain.mul(a, b)
 
     def square(self, x):
+        if isinstance(x, Repeated):
+            return Repeated(self.square(x.value), x.times)
         return self._counted(x.square) if self.private(x) else self.plain.square(x)
 
     def sum(self, x, dim=-1):
+        if isinstance(x, Repeated) and dim is not None:
+            return Repeated(self.sum(x.value, dim), x.times)
+        x = expanded(x)
         return x.sum() if dim is None else x.sum(dim, keepdim=True)
 
     def exp(self, x):
@@ -109,6 +142,9 @@ class CryptenOps(Ops):
         inner = x.mul(x.square().mul(0.044715).add(1)).mul(math.sqrt(2 / math.pi))
         return x.mul(0.5).mul(inner.tanh().add(1))
 
+    def silu(self, x):
+        return self._counted(lambda: x.mul(x.sigmoid()))
+
     def softmax(self, x):
         return x.softmax(-1)
 
@@ -122,3 +158,14 @@ class CryptenOps(Ops):
 
     def merge_heads(self, x):
         return reshape_merge_heads(x)
+
+    def rotary(self, x, cos, sin):
+        """Local: the permutation moves shares, the products are with public tables."""
+        return x.mul(cos).add(rotate_half(x, self.crypten.cat).mul(sin))
+
+    def repeat_heads(self, x, times):
+        return Repeated(x, times)
+
+
+def expanded(v):
+    return v.expand() if isinstance(v, Repeated) else v

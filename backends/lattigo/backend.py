@@ -3,9 +3,9 @@ client encrypts its input once, the server computes every op, bootstrapping incl
 client decrypts the output: one round trip.
 
 Packing and approximations are `tenseal`'s (`backends.ckks`: rows in slot blocks, diagonal
-products, Chebyshev / Goldschmidt stand-ins on stated ranges), so the two CKKS execution models
-compare cell for cell; where `tenseal` sends a ciphertext back to the client when its chain runs
-out, this backend bootstraps it on the server.
+products, rotations for Llama's head ops, Chebyshev / Goldschmidt stand-ins on stated ranges), so
+the two CKKS execution models compare cell for cell; where `tenseal` sends a ciphertext back to
+the client when its chain runs out, this backend bootstraps it on the server.
 
 Bootstrapping is placed by a dry run of the cell on the numpy twin (`DryEngine` with the
 bootstrap policy): a ciphertext is bootstrapped when the next product needs a level it lacks, so
@@ -24,9 +24,9 @@ whose keys (bootstrapping keys as measured before) and plaintexts would not fit 
 Modes: `execute` runs the cell; `count` runs only the dry run (the numpy twin stands in for the
 ciphertexts: exact outputs, the executed counts) and prices it with the cost model (`cost`),
 rows marked `estimated`. The quick sweep uses `count`: keys alone take 1-3 minutes at LogN 16.
-Not supported (skipped): relu softmax and erf GELU (no polynomial form here), lora_update
-(transposes of private activations), cells wider than one ciphertext (GPT-2 widths: 2^15 slots
-hold seq x 2 d_model only up to seq 16 at d_model 768).
+Not supported (skipped): relu softmax / GELU / SiLU, erf GELU and exact SiLU (no polynomial form
+here), lora_update (transposes of private activations), cells wider than one ciphertext (GPT-2
+widths: 2^15 slots hold seq x 2 d_model only up to seq 16 at d_model 768).
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ class LattigoBackend(PackedCkks):
             "attention_head": {"softmax": SOFTMAX},
             "layernorm": ALL,
             "block": {"softmax": SOFTMAX, "gelu": ("poly", "quad")},
+            "llama_block": {"softmax": SOFTMAX, "silu": ("poly", "quad")},
         },
         columns=COLUMNS,
     )

@@ -4,7 +4,9 @@ plaintext weights on ciphertexts, the client decrypts.
 Packing (`backends.ckks.tensor`, shared with `lattigo`: details and rotation counts there): rows
 in slot blocks, heads in column windows, matrices wider than a ciphertext tiled over several.
 `linear` is a baby-step giant-step diagonal product, `qk_matmul` / `av_matmul` are seq shifted
-ciphertext x ciphertext products with scores in a diagonal layout, row sums are rotate-and-add.
+ciphertext x ciphertext products with scores in a diagonal layout, row sums are rotate-and-add,
+Llama's rotary embedding is two rotations and one plaintext product, its grouped-query K/V heads
+masked copies rotated into place (`backends.ckks.heads`).
 
 Parameters: a dry run of the cell on a numpy twin of the engine (`DryEngine`) gives its depth and
 the rotation steps; N is the smallest ring holding the slots with that many 128-bit-secure levels
@@ -23,9 +25,9 @@ Accuracy: CKKS noise at scale 2^40 is ~1e-6..1e-5 on these outputs (16-19 bits b
 value, reported as `output_precision_bits`); the approximations dominate where they are used (LayerNorm's
 rsqrt: 3e-4). `default_tolerance` 5e-3 is ~10x the worst error seen; inputs outside the stated
 ranges (exp_*, recip_*, rsqrt_*, recorded per row) fail it loudly rather than silently.
-Not supported (skipped): relu softmax / GELU and erf GELU (no polynomial form here), lora_update
-(transposes of private activations), multi-head layouts with seq_len > head_dim or head_dim not a
-power of two.
+Not supported (skipped): relu softmax / GELU / SiLU, erf GELU and exact SiLU (no polynomial form
+here), lora_update (transposes of private activations), multi-head layouts with seq_len > head_dim
+or head_dim not a power of two.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class TensealBackend(PackedCkks):
             "attention_head": {"softmax": SOFTMAX},
             "layernorm": ALL,
             "block": {"softmax": SOFTMAX, "gelu": ("poly", "quad")},
+            "llama_block": {"softmax": SOFTMAX, "silu": ("poly", "quad")},
         },
         columns=COLUMNS,
     )

@@ -81,12 +81,17 @@ def client_block_s(plain: Cells | str | None, target: dict[str, int]) -> float:
     return model_figures(block, 1)["online_s"]
 
 
+HEAD_PROXIES = {"mlp.fc1": 1, "mlp.gate_up": 2}  # the MLP's first product: d_model -> maps x d_ff
+
+
 def add_lm_head(cells: Cells, m: models.ModelConfig, figures, hows, factor, flags) -> None:
-    """The private LM head (d_model x vocab), from the MLP's first linear layer's fits at
-    d_ff = vocab; unvalidated unless the fitted cells varied d_ff apart from d_model."""
-    head_shape = {**models.shape(m), "d_ff": m.vocab}
+    """The private LM head (d_model x vocab), from the fits of the MLP's first product (GPT-2's
+    fc1; Llama's gate_up, one product with two maps) at maps x d_ff = vocab; unvalidated unless the
+    fitted cells varied d_ff apart from d_model."""
+    op, maps = next((op, n) for op, n in HEAD_PROXIES.items() if op in cells.op_names)
+    head_shape = {**models.shape(m), "d_ff": m.vocab / maps}
     found = cells.fitted
-    head = {f: found["mlp.fc1", f](head_shape) for f in OP_FIGURES if ("mlp.fc1", f) in found}
+    head = {f: found[op, f](head_shape) for f in OP_FIGURES if (op, f) in found}
     head["time_linear_s"] = head.get("latency_s", 0.0)
     varied = len({s["d_ff"] / s["d_model"] for s in cells.shapes}) > 1
     for figure, value in head.items():
@@ -95,7 +100,7 @@ def add_lm_head(cells: Cells, m: models.ModelConfig, figures, hows, factor, flag
             continue
         figures[key] += value
         hows[key] = "+".join(sorted({hows[key], "fitted"}))
-        factor[key] = max(factor[key], m.vocab / max(s["d_ff"] for s in cells.shapes))
+        factor[key] = max(factor[key], head_shape["d_ff"] / max(s["d_ff"] for s in cells.shapes))
         if not varied:
             flags[key] = "unvalidated: the LM head is extrapolated from cells where d_ff = 4 d_model"
 

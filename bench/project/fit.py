@@ -1,8 +1,9 @@
 """Per-op cost forms: each op's figure as a weighted sum of monomials of the block's shape.
 
-s = seq_len, d = d_model, h = n_heads, f = d_ff. Each op class has the monomials its work can
-have (a linear layer x[s, d] W[d, f]: operands s*d and d*f, products s*d*f); rounds grow with
-the depth of reductions (log2 s, log2 d). A figure that is an exact formula of these (Beaver
+s = seq_len, d = d_model, h = n_heads, f = d_ff (grouped-query attention's K/V width is d over a
+fixed group size, so cells of one group size share these monomials). Each op class has the
+monomials its work can have (a linear layer x[s, d] W[d, f]: operands s*d and d*f, products
+s*d*f); rounds grow with the depth of reductions (log2 s, log2 d). A figure that is an exact formula of these (Beaver
 bytes, PBS) is recovered exactly by least squares; noisy latency is fitted on relative residuals
 with non-negative coefficients, so that no term extrapolates below zero.
 """
@@ -36,11 +37,12 @@ TERMS = {
 CLASSES = (
     ("protect/reveal", ("protect", "reveal"), ("1", "s*d")),
     ("linear", ("qkv_proj", "out_proj"), ("1", "s*d", "d^2", "s*d^2")),
-    ("linear", ("fc1", "fc2", "lm_head"), ("1", "s*d", "d*f", "s*f", "s*d*f")),
+    ("linear", ("fc1", "fc2", "gate_up", "down", "lm_head"), ("1", "s*d", "d*f", "s*f", "s*d*f")),
     ("attention products", ("qk_matmul", "av_matmul"), ("1", "s*d", "s^2*h", "s^2*d")),
     ("softmax", ("softmax",), ("1", "s*h", "s^2*h")),
-    ("norms", ("mean", "variance", "rsqrt", "scale_shift"), ("1", "s", "d", "s*d")),
-    ("GELU", ("gelu",), ("1", "s*f")),
+    ("norms", ("mean", "variance", "mean_square", "rsqrt", "scale_shift", "scale"), ("1", "s", "d", "s*d")),
+    ("activation", ("gelu", "silu", "glu"), ("1", "s*f")),
+    ("positions", ("rope", "repeat_kv"), ("1", "s*d")),
     ("residual", ("residual",), ("1", "s*d")),
     ("circuit", ("circuit",), ("1", "s*d", "d^2", "s*d^2", "s*d*f", "s^2*d")),
 )

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from hydra.core.config_store import ConfigStore
 
+import workloads
 from bench.network import NetworkConfig
-from workloads.base import ConfigError
-from workloads.block import Block, BlockConfig
+from workloads.base import ConfigError, Workload, WorkloadConfig
 
 LM_HEAD = ("client", "private")
+BLOCKS = {"block": "fit", "llama_block": "fit_llama"}  # the workloads a model can repeat: their fit preset
 
 
 @dataclass
@@ -21,7 +22,9 @@ class ModelConfig:
     the first `n_layers - private_layers` on the client in plaintext (None: all private). The
     embedding lookup always runs on the client (the token ids are its own). `lm_head` (d_model x
     vocab): `client` applies it in plaintext to the revealed last hidden state; `private` runs it
-    as one more private linear layer. `softmax`, `norm`, `gelu`: the block's variant.
+    as one more private linear layer. `workload`: the block it repeats (`block`: GPT-2's;
+    `llama_block`: RMSNorm, rotary, grouped-query attention with `n_kv_heads`, SwiGLU).
+    `softmax`, `norm`, `gelu` / `silu`: the block's variant.
     """
 
     name: str = "gpt2"
@@ -36,7 +39,10 @@ class ModelConfig:
     softmax: str = "exact"
     norm: str = "exact"
     gelu: str = "poly"  # the GELU every backend runs (CKKS has no exact one)
-    block: str = "gpt2"  # the block it is projected with, when not its own (pythia-70m)
+    silu: str = "poly"  # likewise, for llama_block
+    n_kv_heads: int | None = None  # llama_block: K/V heads (None: n_heads)
+    workload: str = "block"
+    block: str = "gpt2"  # the block it is projected with, in words, when not its own (pythia-70m)
 
 
 @dataclass
@@ -55,23 +61,19 @@ def register() -> None:
     ConfigStore.instance().store(name="project_schema", node=ProjectConfig)
 
 
-def block_config(model: ModelConfig) -> BlockConfig:
+def block_config(model: ModelConfig) -> WorkloadConfig:
     """The block the model repeats, at the model's shape (validated: one-line ConfigError)."""
     if model.private_layers is not None and not 0 <= model.private_layers <= model.n_layers:
         raise ConfigError(f"model.private_layers={model.private_layers}: choose 0..{model.n_layers} (n_layers)")
     if model.lm_head not in LM_HEAD:
         raise ConfigError(f"model.lm_head={model.lm_head} is unknown; allowed: {', '.join(LM_HEAD)}")
-    cfg = BlockConfig(
-        seq_len=model.seq_len,
-        d_model=model.d_model,
-        n_heads=model.n_heads,
-        d_ff=model.d_ff,
-        softmax=model.softmax,
-        norm=model.norm,
-        gelu=model.gelu,
-    )
+    if model.workload not in BLOCKS:
+        raise ConfigError(f"model.workload={model.workload} is not a block; choose one of: {', '.join(BLOCKS)}")
+    cls = workloads.get(model.workload)
+    keys = {f.name for f in fields(cls.Config)} & {f.name for f in fields(ModelConfig)} - {"name"}
+    cfg = cls.Config(**{k: getattr(model, k) for k in keys})
     try:
-        Block.validate(cfg)
+        cls.validate(cfg)
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("workload.", "model.")) from None
     return cfg
@@ -81,9 +83,9 @@ def private_layers(model: ModelConfig) -> int:
     return model.n_layers if model.private_layers is None else model.private_layers
 
 
-def block(model: ModelConfig) -> Block:
+def block(model: ModelConfig) -> Workload:
     """The block the model repeats, at its shape."""
-    return Block(block_config(model))
+    return workloads.get(model.workload)(block_config(model))
 
 
 def variant(model: ModelConfig) -> str:
@@ -93,3 +95,8 @@ def variant(model: ModelConfig) -> str:
 
 def shape(model: ModelConfig) -> dict[str, int]:
     return {"seq_len": model.seq_len, "d_model": model.d_model, "n_heads": model.n_heads, "d_ff": model.d_ff}
+
+
+def kv_group(block: Workload) -> int:
+    """Query heads per K/V head (1 but for grouped-query attention)."""
+    return block.cfg.n_heads // (getattr(block.cfg, "n_kv_heads", None) or block.cfg.n_heads)

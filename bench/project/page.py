@@ -99,7 +99,7 @@ def validation_table(validation: list[dict[str, object]]) -> Table | None:
     return Table(table, marks, index_name="backend")
 
 
-def breakdown_plot(rows: pd.DataFrame, out: Path, networks: list[str]) -> Plot | None:
+def breakdown_plot(rows: pd.DataFrame, out: Path, networks: list[str], file: str = PLOT_FILE) -> Plot | None:
     """Stacked bars of shares: per backend x network, the model's online time by op class, the
     client's plaintext layers and the network; the total at the bar's end."""
     parts = classes()
@@ -129,12 +129,12 @@ def breakdown_plot(rows: pd.DataFrame, out: Path, networks: list[str]) -> Plot |
     ax.set_xlabel("share of one forward's online time (%); the total at the right")
     ax.invert_yaxis()
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-    fig.savefig(out / PLOT_FILE, bbox_inches="tight", dpi=110)
+    fig.savefig(out / file, bbox_inches="tight", dpi=110)
     plt.close(fig)
     return Plot(
         "projection",
         "Where the time goes",
-        PLOT_FILE,
+        file,
         "Projected online time of one forward per backend "
         "and network, as shares: op classes of the private layers, the client's plaintext layers, and the "
         "network (rounds x RTT + busiest bytes / bandwidth).",

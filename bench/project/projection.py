@@ -21,8 +21,8 @@ import pandas as pd
 import backends
 from bench.network import NetworkConfig, estimates
 from bench.project.fit import Fit, fit, relative, terms_for, time_figure
-from workloads.base import ConfigError
-from workloads.block import Block
+from bench.project.model import BLOCKS, kv_group
+from workloads.base import ConfigError, Workload
 
 OP_FIGURES = {"latency_s": "s", "comm_bytes": "bytes", "busiest_bytes": "bytes", "rounds": "count", "pbs": "count"}
 OP_FIGURES |= {"bootstraps": "count", "refreshes": "count", "boot_s": "s"}  # boot_s: time in bootstraps
@@ -64,16 +64,20 @@ def busiest(rows: pd.DataFrame) -> pd.Series:
     return rows[split].max(axis=1).fillna(rows["comm_bytes"]) if split else rows["comm_bytes"]
 
 
-def collect(frame: pd.DataFrame, block: Block) -> dict[str, Cells | str]:
+def collect(frame: pd.DataFrame, block: Workload) -> dict[str, Cells | str]:
     """Per backend, its cells of the model's block variant; or why it has none (its skip or error
     message), or why it cannot run the block at the model's shape."""
-    variant = block.variant
-    rows = frame[(frame.workload == "block") & (frame.variant == variant)].copy()
+    variant, name, group = block.variant, block.name, kv_group(block)
+    of_block = frame[frame.workload == name]
+    rows = of_block[(of_block.variant == variant) & (of_block.workload_cfg.map(cfg_kv_group) == group)].copy()
     if rows.empty:
-        found = sorted(frame.loc[frame.workload == "block", "variant"].unique())
+        found = sorted(of_block.variant.unique())
         raise ConfigError(
-            f"the results hold no block cells of variant {variant}; set model.softmax/norm/gelu to one they have "
-            f"({', '.join(found) or 'none'}) or measure it (encbench +experiment=fit)"
+            f"the results hold no {name} cells of variant {variant}"
+            + (f" with {group} query heads per K/V head" if group > 1 else "")
+            + f"; set the model's variant to one they have ({', '.join(found) or 'none'}) or measure it "
+            f"(encbench +experiment={BLOCKS[name]}"
+            + (f", with workload.n_kv_heads = workload.n_heads / {group})" if group > 1 else ")")
         )
     rows["busiest_bytes"] = busiest(rows)
     found: dict[str, Cells | str] = {}
@@ -113,9 +117,15 @@ def collect(frame: pd.DataFrame, block: Block) -> dict[str, Cells | str]:
     return found
 
 
-def why_not(name: str, config: str, block: Block) -> str | None:
+def cfg_kv_group(workload_cfg: str) -> int:
+    """Query heads per K/V head of a stored cell (its `workload_cfg` JSON)."""
+    cfg = json.loads(workload_cfg)
+    return cfg["n_heads"] // (cfg.get("n_kv_heads") or cfg["n_heads"])
+
+
+def why_not(name: str, config: str, block: Workload) -> str | None:
     """Why backend `name` (its config as JSON) cannot run `block`; None if it can or is not known
-    here. A backend that only lives inside its parties (crypten) answers from its capabilities."""
+    here. A backend that only lives inside its parties (MPC) answers from its capabilities."""
     if name not in backends.names():
         return None
     cls = backends.get(name)
@@ -172,7 +182,7 @@ def median_of(values: list[float]) -> float:
 
 
 def time_parts(ops: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Each op's share of the online time. A fused circuit (concrete) is timed whole: its time is
+    """Each op's share of the online time. A fused circuit (TFHE) is timed whole: its time is
     split over the op classes in proportion to the ops' isolated estimates."""
     latency = {op: v.get("latency_s", 0.0) for op, v in ops.items()}
     if "circuit" not in latency:

@@ -216,3 +216,33 @@ def cells_tables(frame: pd.DataFrame) -> list[tuple[str, Table]]:
     """`cells_table` per backend (each fills its own columns), plaintext first."""
     found = [(b, cells_table(rows)) for b, rows in frame.groupby("backend", sort=False)]
     return sorted([(b, t) for b, t in found if t is not None], key=lambda bt: backend_rank(bt[0]))
+
+
+# a transformer block's op -> its part (the first prefix that matches), for comparing blocks
+PARTS = {
+    "norms": ("ln1.", "ln2.", "rms1.", "rms2."),
+    "q, k, v": ("attn.qkv_proj",),
+    "positions, K/V copies": ("attn.rope", "attn.repeat_kv"),
+    "attention": ("attn.qk_matmul", "attn.softmax", "attn.av_matmul"),
+    "out proj": ("attn.out_proj",),
+    "residuals": ("attn.residual", "mlp.residual"),
+    "MLP": ("mlp.",),
+}
+
+
+def part_of(op: str) -> str | None:
+    return next((part for part, prefixes in PARTS.items() if op.startswith(prefixes)), None)
+
+
+def parts_table(frame: pd.DataFrame, figure: str) -> Table | None:
+    """Per ok cell of a block workload, `figure` summed over each part of the block (`PARTS`): where
+    a block's design (RMSNorm, rotary positions, grouped K/V, a gated MLP) moves the cost."""
+    rows = frame[(frame["status"] == "ok") & frame["workload"].isin(["block", "llama_block"])]
+    rows = rows.assign(part=rows["op"].map(part_of)).dropna(subset=["part"])
+    rows = rows[rows[figure].notna()]
+    if rows.empty:
+        return None
+    sums = rows.groupby(["cell", "part"], sort=False)[figure].sum().unstack("part")
+    cells = sort_cells(frame[(frame["op"] == TOTAL) & frame["cell"].isin(sums.index)])["cell"]
+    sums = sums.reindex(index=list(cells), columns=[p for p in PARTS if p in sums.columns])
+    return Table(sums.map(lambda v: "–" if pd.isna(v) else fmt_value(figure, v)), index_name="cell")
