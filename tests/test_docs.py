@@ -9,6 +9,8 @@ import shutil
 import pytest
 
 from bench.report import docs
+from bench.report.frame import fmt_value, tidy
+from bench.report.tables import PARTS, part_of, parts_table
 from bench.results import SCHEMA_VERSION, load
 
 RUNS, HEADLINE = docs.load_spec()
@@ -51,3 +53,16 @@ def test_a_changed_result_changes_the_page(tmp_path, monkeypatch, in_tree_backen
     monkeypatch.setattr(docs, "REPO", tmp_path)
     after = docs.run_section(run)
     assert before != after and any("1.23e+02" in line for line in after)
+
+
+def test_block_parts_sum_each_ops_figure_into_its_part_of_the_block():
+    frame = tidy(load(docs.REPO / "results" / "llama-vs-gpt2"))
+    table = parts_table(frame, "comm_bytes")
+    ok = frame[(frame.status == "ok") & (frame.op != "total") & (frame.backend == "crypten")]
+    for cell, rows in ok.groupby("cell"):
+        parts = rows.assign(part=rows.op.map(part_of)).groupby("part").comm_bytes.sum()
+        assert set(parts.index) <= set(PARTS)
+        for part, value in parts.items():
+            assert table.data.at[cell, part] == fmt_value("comm_bytes", value)
+    assert part_of("rms2.rsqrt") == part_of("ln1.mean") == "norms" and part_of("mlp.residual") == "residuals"
+    assert part_of("attn.rope") == part_of("attn.repeat_kv") == "positions, K/V copies" and part_of("protect") is None

@@ -36,16 +36,19 @@ GRID = [(s, d) for s in (4, 8, 16, 32) for d in (16, 32, 64, 128)]
 GPT2 = {"seq_len": 128, "d_model": 768, "n_heads": 12, "d_ff": 3072}
 
 
-def synthetic(shapes=GRID, heads=2, backend="synthetic", scale=None) -> pd.DataFrame:
-    """Rows of block cells whose figures are the formulas above; `scale` multiplies a shape's figures."""
-    rows = []
+def synthetic(shapes=GRID, heads=2, backend="synthetic", scale=None, model=None, ops=None) -> pd.DataFrame:
+    """Rows of `model`'s block cells (GPT-2's by default) whose figures are the formulas of `ops`
+    (`OPS`); `scale` multiplies a shape's figures."""
+    rows, model = [], model or ModelConfig()
+    kv = heads // (model.n_heads // (model.n_kv_heads or model.n_heads))  # the model's grouping
     for s, d in shapes:
         f = 4 * d
-        cell = {"run_id": "r", "cell_id": f"{backend}-{s}-{d}", "backend": backend, "workload": "block",
-                "variant": variant(ModelConfig()), "seq_len": s, "d_model": d, "n_heads": heads, "d_ff": f,
+        cell = {"run_id": "r", "cell_id": f"{backend}-{s}-{d}", "backend": backend, "workload": model.workload,
+                "variant": variant(model), "seq_len": s, "d_model": d, "n_heads": heads, "d_ff": f,
+                "workload_cfg": json.dumps({"n_heads": heads, "n_kv_heads": kv}),
                 "backend_cfg": "{}", "status": "ok", "finished_at": "2026-12-03T00:00:00"}  # fmt: skip
         factor = (scale or {}).get((s, d), 1.0)
-        for op, figures in OPS.items():
+        for op, figures in (ops or OPS).items():
             rows.append({**cell, "op": op, **{k: factor * v(s, d, heads, f) for k, v in figures.items()}})
         rows.append({**cell, "op": "total", "accurate": True, "setup_s": 0.5, "key_bytes": 1000.0})
     return pd.DataFrame(rows)
@@ -167,7 +170,8 @@ def test_the_command_writes_the_tidy_rows_and_the_pages(tmp_path, capsys):
 
 
 BAD = [
-    (["model=gpt3"], "model=gpt3 is unknown; choose one of: gpt2, gpt2-medium, pythia-70m"),
+    (["model=gpt3"], "model=gpt3 is unknown; choose one of: gpt2, gpt2-medium, llama-3.2-1b, llama-7b, pythia-70m"),
+    (["model.workload=layernorm"], "model.workload=layernorm is not a block; choose one of: block, llama_block"),
     (["model=gpt2", "model.layers=3"], "model.layers is not a known key (did you mean model.n_layers?)"),
     (["model.private_layers=13"], "model.private_layers=13: choose 0..12 (n_layers)"),
     (["model.n_heads=5"], "model.d_model=768 is not divisible by model.n_heads=5"),
@@ -195,13 +199,50 @@ def test_missing_results_are_named(tmp_path, capsys):
 
 
 def test_presets_match_the_published_shapes():
-    shapes = {m: configure([f"model={m}"]).model for m in ("gpt2", "gpt2-medium", "pythia-70m")}
-    assert [(m.n_layers, m.d_model, m.n_heads, m.d_ff, m.vocab) for m in shapes.values()] == [
-        (12, 768, 12, 3072, 50257),
-        (24, 1024, 16, 4096, 50257),
-        (6, 512, 8, 2048, 50304),
+    names = ("gpt2", "gpt2-medium", "pythia-70m", "llama-7b", "llama-3.2-1b")
+    shapes = {m: configure([f"model={m}"]).model for m in names}
+    assert [(m.n_layers, m.d_model, m.n_heads, m.n_kv_heads, m.d_ff, m.vocab) for m in shapes.values()] == [
+        (12, 768, 12, None, 3072, 50257),
+        (24, 1024, 16, None, 4096, 50257),
+        (6, 512, 8, None, 2048, 50304),
+        (32, 4096, 32, 32, 11008, 32000),
+        (16, 2048, 32, 8, 8192, 128256),
     ]
     assert "not modelled" in shapes["pythia-70m"].block
+    assert {block(shapes[m]).name for m in names} == {"block", "llama_block"}
+
+
+LLAMA_OPS = {  # Llama's names for the same kinds of work, and its gated MLP's first product
+    **{k: v for k, v in OPS.items() if not k.startswith(("ln1.", "mlp."))},
+    "rms1.rsqrt": OPS["ln1.rsqrt"],
+    "attn.rope": {"latency_s": lambda s, d, h, f: 3e-8 * s * d, "rounds": lambda s, d, h, f: 0.0},
+    "mlp.gate_up": {
+        "latency_s": lambda s, d, h, f: 2e-9 * s * d * f,
+        "comm_bytes": lambda s, d, h, f: 16 * (s * d + 2 * d * f),
+    },
+}
+
+
+def test_a_llama_model_is_projected_from_cells_of_its_own_kv_grouping():
+    """llama-3.2-1b (4 query heads per K/V head) from llama_block cells of that grouping, exactly;
+    cells of another grouping do not stand in for it; the private LM head is the gated MLP's first
+    product (two maps) at half the vocabulary."""
+    model = configure(["model=llama-3.2-1b"]).model
+    cells = synthetic(heads=4, model=model, ops=LLAMA_OPS)
+    got = figures(project(cells, configure(["model=llama-3.2-1b"])))
+    shape = {"seq_len": 128, "d_model": 2048, "n_heads": 32, "d_ff": 8192}
+    assert got["online_s"]["value"] == pytest.approx(exact(LLAMA_OPS, shape, layers=16)["online_s"], rel=1e-6)
+    assert got["comm_bytes"]["value"] == pytest.approx(exact(LLAMA_OPS, shape, layers=16)["comm_bytes"], rel=1e-9)
+    head = figures(project(cells, configure(["model=llama-3.2-1b", "model.lm_head=private"])))
+    gate_up = LLAMA_OPS["mlp.gate_up"]["latency_s"](128, 2048, 32, 128256 / 2)
+    assert head["online_s"]["value"] == pytest.approx(got["online_s"]["value"] + gate_up, rel=1e-6)
+    with pytest.raises(
+        ConfigError, match="with 4 query heads per K/V head.*workload.n_kv_heads = workload.n_heads / 4"
+    ):
+        project(
+            synthetic(heads=4, model=configure(["model=llama-7b"]).model, ops=LLAMA_OPS),
+            configure(["model=llama-3.2-1b"]),
+        )
 
 
 def test_a_private_lm_head_is_added_and_flagged_when_its_width_was_never_varied():

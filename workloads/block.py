@@ -57,6 +57,7 @@ class Block(Workload):
     name = "block"
     Config = BlockConfig
     variants = {"softmax": SOFTMAX_VARIANTS, "norm": NORM_VARIANTS, "gelu": GELU_VARIANTS, "head_merge": (1, 2)}
+    each_fixed = ("softmax",)  # `attention_head` sweeps it
     uses_heads = True
 
     @classmethod

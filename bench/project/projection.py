@@ -22,6 +22,7 @@ import backends
 from bench.network import NetworkConfig, estimates
 from bench.project.fit import Fit, fit, relative, terms_for, time_figure
 from bench.project.model import BLOCKS, kv_group
+from bench.report.frame import parse_cfg
 from workloads.base import ConfigError, Workload
 
 OP_FIGURES = {"latency_s": "s", "comm_bytes": "bytes", "busiest_bytes": "bytes", "rounds": "count", "pbs": "count"}
@@ -118,9 +119,10 @@ def collect(frame: pd.DataFrame, block: Workload) -> dict[str, Cells | str]:
 
 
 def cfg_kv_group(workload_cfg: str) -> int:
-    """Query heads per K/V head of a stored cell (its `workload_cfg` JSON)."""
-    cfg = json.loads(workload_cfg)
-    return cfg["n_heads"] // (cfg.get("n_kv_heads") or cfg["n_heads"])
+    """Query heads per K/V head of a stored cell (its `workload_cfg` JSON; 1 if it has none)."""
+    cfg = parse_cfg(workload_cfg)
+    heads = cfg.get("n_heads") or 1
+    return heads // (cfg.get("n_kv_heads") or heads)
 
 
 def why_not(name: str, config: str, block: Workload) -> str | None:
