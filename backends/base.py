@@ -149,10 +149,14 @@ class Capabilities:
     `workloads` maps each supported workload to the variant values it supports per switch
     (`ALL` for every variant; a switch left out supports every value). `columns` are the result
     columns it fills besides the harness's own (latency, error, status, sizes of the workload).
+    `same_cost`: variant switches all of whose values have the same cost on this backend (a TFHE
+    lookup table is one PBS per entry whatever function it holds), so a `workload.variants=each`
+    sweep runs only their default here.
     """
 
     workloads: Mapping[str, Mapping[str, tuple[str, ...]] | None]
     columns: tuple[Column, ...] = ()
+    same_cost: tuple[str, ...] = ()  # switches whose values cost alike here: `each` sweeps keep the default
 
     def why_not(self, workload: Workload) -> str | None:
         """Why the backend cannot run this workload and variant, or None if it can."""

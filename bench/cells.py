@@ -129,4 +129,16 @@ def expand(backend: Any, workload: Any, harness: HarnessConfig) -> list[Cell]:
     for cfg in workload_cfgs:
         workloads.get(cfg.name).validate(cfg)
     harness_data = asdict(harness)
-    return [Cell(asdict(b), asdict(w), harness_data) for w in workload_cfgs for b in backend_cfgs]
+    each = workload.name == "all" and workload.variants == "each"
+    return [
+        Cell(asdict(b), asdict(w), harness_data)
+        for w in workload_cfgs
+        for b in backend_cfgs
+        if not (each and off_default(w, backends.get(b.name).capabilities.same_cost))
+    ]
+
+
+def off_default(cfg: Any, switches: tuple[str, ...]) -> bool:
+    """Whether `cfg` sets one of `switches` to other than its workload's default."""
+    defaults = type(cfg)()
+    return any(getattr(cfg, s) != getattr(defaults, s) for s in switches if hasattr(cfg, s))

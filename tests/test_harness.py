@@ -76,10 +76,19 @@ def test_unsupported_variant_is_skipped_with_reason(monkeypatch):
 def test_quick_sweep_cells_cover_every_workload_and_variant():
     cells = expand(AllBackendsConfig(), AllWorkloadsConfig(), FAST)
     labels = {(c.backend["name"], c.workload["name"]) for c in cells}
-    assert {("plaintext", w) for w in ("attention_head", "layernorm", "block", "lora_update")} <= labels
+    assert {("plaintext", w) for w in ("attention_head", "layernorm", "block", "lora_update", "llama_block")} <= labels
     softmaxes = {c.workload.get("softmax") for c in cells if c.workload["name"] == "attention_head"}
     assert softmaxes == {"exact", "power", "gaussian", "quad2", "relu"}
     assert len({c.id for c in cells}) == len(cells)
+
+    def values(backend, switch):
+        return {c.workload.get(switch) for c in cells if c.backend["name"] == backend} - {None}
+
+    # blocks leave softmax to the head (`each_fixed`); concrete's GELU / SiLU forms are one lookup each
+    assert {c.workload["softmax"] for c in cells if c.workload["name"] in ("block", "llama_block")} == {"exact"}
+    assert values("crypten", "gelu") == values("crypten", "silu") == {"exact", "poly", "quad", "relu"}
+    assert values("concrete", "gelu") == values("concrete", "silu") == {"exact"}
+    assert values("concrete", "norm") == {"exact", "poly"}
 
 
 @pytest.mark.parametrize("mode", ["each", "grid"])
@@ -87,7 +96,7 @@ def test_sweep_leaves_out_variants_the_sizes_do_not_allow(mode):
     cells = expand(plaintext(), AllWorkloadsConfig(n_heads=3, d_model=48, variants=mode), FAST)
     merges = {c.workload["head_merge"] for c in cells if c.workload["name"] == "block"}
     assert merges == {1}  # head_merge=2 does not divide 3 heads
-    assert {c.workload["name"] for c in cells} == {"attention_head", "layernorm", "block", "lora_update"}
+    assert {c.workload["name"] for c in cells} == {"attention_head", "layernorm", "block", "lora_update", "llama_block"}
 
 
 def cells_for(*backend_cfgs, workload=None):

@@ -40,6 +40,9 @@ class TestTenseal(BackendConformance):
         # head_dim 8 < seq_len 16: heads compacted into wider windows for the attention products
         {"name": "block", "seq_len": 16, "d_model": 16, "n_heads": 2, "d_ff": 32, "gelu": "poly",
          "softmax": "gaussian"},
+        # head_dim 12, not a power of two: the Gaussian kernel's ||q||^2 sums are spaced apart first
+        {"name": "block", "seq_len": 4, "d_model": 24, "n_heads": 2, "d_ff": 32, "gelu": "poly",
+         "softmax": "gaussian"},
         GQA,
     ]  # fmt: skip
 

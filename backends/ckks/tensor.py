@@ -179,7 +179,10 @@ class Packer:
         return ct
 
     def rowsum(self, m: Mat) -> Mat:
-        """Sum over the last dim, replicated over the window: a `rep` value, no level."""
+        """Sum over the last dim, replicated over the window: a `rep` value, no level (one to
+        space heads packed closer than a power of two, whose sums would run into the next head)."""
+        if m.heads > 1 and pow2(self.footprint(m)) > m.stride:
+            m = self.relayout(m, m.block, m.groups, pow2(m.stride))
         m = self.clean(m)
         fw = self.footprint(m)
         span, room = pow2(fw), m.stride

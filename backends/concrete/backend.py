@@ -123,6 +123,7 @@ class ConcreteBackend(Backend):
             "llama_block": {"softmax": ("exact", "relu", "quad2", "gaussian")},
         },
         columns=COLUMNS,
+        same_cost=("gelu", "silu"),  # every form is one lookup per entry
     )
     # 4-bit per-tensor quantization leaves errors up to ~1.7 on outputs of magnitude ~5 (a block at
     # seq 8, d_model 64); above 2 is a cliff (relu attention at 4 bits: 2.9). Whether the circuit

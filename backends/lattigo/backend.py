@@ -25,8 +25,8 @@ Modes: `execute` runs the cell; `count` runs only the dry run (the numpy twin st
 ciphertexts: exact outputs, the executed counts) and prices it with the cost model (`cost`),
 rows marked `estimated`. The quick sweep uses `count`: keys alone take 1-3 minutes at LogN 16.
 Not supported (skipped): relu softmax / GELU / SiLU, erf GELU and exact SiLU (no polynomial form
-here), lora_update (transposes of private activations), cells wider than one ciphertext (GPT-2
-widths: 2^15 slots hold seq x 2 d_model only up to seq 16 at d_model 768).
+here), lora_update (transposes of private activations), cells whose packing does not fit a
+ciphertext's slots (`packing_why_not`: a row's block, or one head's rows for the attention products).
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ value, reported as `output_precision_bits`); the approximations dominate where t
 rsqrt: 3e-4). `default_tolerance` 5e-3 is ~10x the worst error seen; inputs outside the stated
 ranges (exp_*, recip_*, rsqrt_*, recorded per row) fail it loudly rather than silently.
 Not supported (skipped): relu softmax / GELU / SiLU, erf GELU and exact SiLU (no polynomial form
-here), lora_update (transposes of private activations), multi-head layouts with seq_len > head_dim
-or head_dim not a power of two.
+here), lora_update (transposes of private activations), cells whose packing does not fit the largest
+ring (`packing_why_not`).
 """
 
 from __future__ import annotations

@@ -70,10 +70,15 @@ def join(*columns: pd.Series) -> pd.Series:
 
 
 def size_text(frame: pd.DataFrame) -> pd.Series:
-    """`seq=8 d=64`, plus the other sizes wherever they vary within the frame."""
-    custom_ff = (frame["d_ff"] != 4 * frame["d_model"]).any()  # d_ff defaults to 4 d_model: only show others
-    shown = [s for s in SIZES if s in ("seq_len", "d_model") or (frame[s].nunique() > 1 and (s != "d_ff" or custom_ff))]
-    return frame[shown].apply(lambda row: " ".join(f"{SIZE_NAMES[s]}={fmt_int(row[s])}" for s in shown), axis=1)
+    """`seq=8 d=64`, plus the other sizes wherever they vary within the frame (d_ff only where it
+    is not GPT-2's 4 d_model)."""
+    shown = [s for s in SIZES if s in ("seq_len", "d_model") or frame[s].nunique() > 1]
+
+    def text(row) -> str:
+        keep = [s for s in shown if s != "d_ff" or row["d_ff"] != 4 * row["d_model"]]
+        return " ".join(f"{SIZE_NAMES[s]}={fmt_int(row[s])}" for s in keep)
+
+    return frame[shown].apply(text, axis=1)
 
 
 @cache
