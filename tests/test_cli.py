@@ -4,6 +4,7 @@ import json
 import signal
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,9 @@ from conftest import ENCBENCH, REPO, encbench
 from test_harness import children_of, pid_alive
 
 import bench
-from backends import get, installed
+from backends import installed
 from bench.cells import expand
-from bench.config import AllWorkloadsConfig
+from bench.config import AllBackendsConfig, AllWorkloadsConfig
 from bench.measure import HarnessConfig
 from bench.prepare import jobs, prepare
 from bench.results import read_rows
@@ -29,11 +30,11 @@ def test_default_quick_sweep_runs_every_workload_on_plaintext(quick_sweep):
     assert done.returncode == 0, done.stderr
     frame = bench.load(results)
     totals = frame[frame.op == "total"]
-    assert set(totals.workload) == {"attention_head", "layernorm", "block", "lora_update"}
+    assert set(totals.workload) == {"attention_head", "layernorm", "block", "lora_update", "llama_block"}
     plain = frame[frame.backend == "plaintext"]
     assert (plain.status == "ok").all() and (plain.max_abs_error < 1e-9).all()
-    per_backend = len(expand(get("plaintext").Config(), AllWorkloadsConfig(), HarnessConfig()))
-    assert (totals.groupby("backend").size() == per_backend).all()
+    planned = Counter(c.backend["name"] for c in expand(AllBackendsConfig(), AllWorkloadsConfig(), HarnessConfig()))
+    assert totals.groupby("backend").size().to_dict() == {b: planned[b] for b in installed(plugins=False)}
     assert set(totals.backend) == set(installed(plugins=False))  # every installed backend, in the sweep
     assert frame.run_id.nunique() == 1
     (m,) = manifests(results)
@@ -202,9 +203,10 @@ def test_failing_cells_are_recorded_while_the_sweep_finishes(tmp_path):
         "layernorm": "ok",
         "block": "error",
         "lora_update": "ok",
+        "llama_block": "error",
     }
     assert totals.error["block"].startswith("RuntimeError: injected fault in softmax")
-    assert "4 cells (2 error, 2 ok)" in done.stdout
+    assert "5 cells (3 error, 2 ok)" in done.stdout
 
 
 def test_resume_continues_the_same_run_without_measuring_again(tmp_path):
@@ -262,7 +264,7 @@ def test_a_killed_sweep_leaves_no_process_and_resume_measures_only_what_is_missi
         "-m",
         "backend=faulty",
         "backend.fault=hang",
-        "backend.fault_op=gelu",  # block: the third of the first job's four cells
+        "backend.fault_op=gelu",  # block: the third of the first job's five cells
         f"backend.pid_file={pid_file}",
         f"backend.fault_once={tmp_path / 'hung'}",  # the same command gets past it the second time
         "workload.variants=default",
@@ -294,9 +296,9 @@ def test_a_killed_sweep_leaves_no_process_and_resume_measures_only_what_is_missi
 
     again = encbench(*sweep, "resume=true", results=results)
     assert again.returncode == 0, again.stderr
-    assert "4 cells (2 ok, 2 resumed)" in again.stdout and "4 cells (4 ok)" in again.stdout
+    assert "5 cells (3 ok, 2 resumed)" in again.stdout and "5 cells (5 ok)" in again.stdout
     totals = [r for r in read_rows(results) if r["op"] == "total"]
-    assert len(totals) == len({r["cell_id"] for r in totals}) == 8  # each cell measured exactly once
+    assert len(totals) == len({r["cell_id"] for r in totals}) == 10  # each cell measured exactly once
     assert all(r["status"] == "ok" for r in totals)
     assert [r for r in totals if r["cell_id"] in before] == list(before.values())  # kept, not measured again
     assert len(list(results.iterdir())) == 1  # the same run directory
