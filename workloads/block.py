@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy.special import erf
 
-from workloads.approx import chebyshev_fit
+from workloads.approx import activation, chebyshev_fit
 from workloads.attention import SOFTMAX_VARIANTS, AttentionConfig, attention, attention_weights_init, validate_attention
 from workloads.base import ConfigError, Workload, divisors, scoped
 from workloads.layernorm import NORM_VARIANTS, LayerNormConfig, layer_norm, validate_norm
@@ -44,13 +44,7 @@ def gelu_coeffs(bound: float, degree: int) -> list[float]:
 
 
 def gelu(ops: Ops, cfg: BlockConfig, x):
-    if cfg.gelu == "exact":
-        return ops.gelu(x)
-    if cfg.gelu == "poly":
-        return ops.poly(x, gelu_coeffs(cfg.gelu_range, cfg.gelu_degree))
-    if cfg.gelu == "quad":
-        return ops.poly(x, QUAD_GELU)
-    return ops.relu(x)
+    return activation(ops, cfg.gelu, x, ops.gelu, lambda: gelu_coeffs(cfg.gelu_range, cfg.gelu_degree), QUAD_GELU)
 
 
 class Block(Workload):

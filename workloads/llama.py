@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from workloads.approx import chebyshev_fit
+from workloads.approx import activation, chebyshev_fit
 from workloads.attention import SOFTMAX_VARIANTS, AttentionConfig, attend, validate_attention
 from workloads.base import ConfigError, Recorder, Workload, divisors, scoped
 from workloads.layernorm import NORM_VARIANTS, LayerNormConfig, inverse_sqrt, validate_norm
@@ -53,13 +53,7 @@ def silu_coeffs(bound: float, degree: int) -> list[float]:
 
 
 def silu(ops: Ops, cfg: LlamaConfig, x):
-    if cfg.silu == "exact":
-        return ops.silu(x)
-    if cfg.silu == "poly":
-        return ops.poly(x, silu_coeffs(cfg.silu_range, cfg.silu_degree))
-    if cfg.silu == "quad":
-        return ops.poly(x, QUAD_SILU)
-    return ops.relu(x)
+    return activation(ops, cfg.silu, x, ops.silu, lambda: silu_coeffs(cfg.silu_range, cfg.silu_degree), QUAD_SILU)
 
 
 def rms_norm(ops: Ops, rec: Recorder, cfg: LlamaConfig, x, gamma):
