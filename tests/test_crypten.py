@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_backend_conformance import BackendConformance
+from test_backend_conformance import HARNESS, BackendConformance
 
 import backends
 from backends.crypten import CryptenBackend, CryptenConfig, parties
@@ -52,15 +52,30 @@ class TestCrypten(BackendConformance):
     ]
 
     def test_every_supported_cell_runs_within_tolerance(self, results):
+        """A cell outside its tolerance runs once more: CrypTen's local truncation fails at random
+        (probability about |x| 2^-32 per element, see `CryptenBackend.default_tolerance`), so one
+        bad run is that; two in a row are a bug."""
+        from bench.cells import measure_job
+
         for key, rows, _ in self.ok_cells(results):
             workload = Cell({}, dict(key), {}).make_workload()
             cliff = CLIFFS.get((workload.name, workload.variant))
-            for row in rows:
-                if cliff and row["op"] == cliff:
-                    assert row["accurate"] is False and row["max_abs_error"] > row["tolerance"], row
-                    break  # the error propagates to every later op
-                assert math.isfinite(row["max_abs_error"]) and row["max_abs_error"] <= row["tolerance"], (key, row)
+            if out_of_tolerance(rows, cliff):
+                cell = Cell(asdict(CryptenConfig()), dict(key), asdict(HARNESS))
+                rows = CryptenBackend.execute(CryptenConfig(), functools.partial(measure_job, cell))
+            assert out_of_tolerance(rows, cliff) is None, (key, out_of_tolerance(rows, cliff))
         assert len(self.ok_cells(results)) == len(results[1])  # crypten runs every cell
+
+
+def out_of_tolerance(rows: list[dict], cliff: str | None) -> dict | None:
+    """The first row whose error is outside its tolerance, or None; up to the `cliff` op, which
+    must be flagged (its error propagates to every later op)."""
+    for row in rows:
+        if cliff and row["op"] == cliff:
+            return None if row["accurate"] is False and row["max_abs_error"] > row["tolerance"] else row
+        if not (math.isfinite(row["max_abs_error"]) and row["max_abs_error"] <= row["tolerance"]):
+            return row
+    return None
 
 
 # --- the import shim -------------------------------------------------------------------------
