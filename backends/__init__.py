@@ -13,7 +13,7 @@ import pkgutil
 from backends.base import ALL, Backend, BackendConfig, Capabilities, Column
 from workloads.base import ConfigError
 
-_NOT_BACKENDS = {"base", "ckks"}  # ckks: the packing both CKKS backends share
+_NOT_BACKENDS = {"base", "ckks", "parties"}  # ckks: the packing both CKKS backends share; parties: MPC processes
 PLUGINS_ENV = "ENCBENCH_BACKENDS"
 
 

@@ -94,6 +94,10 @@ class BackendConfig:
 
     name: str = "?"
 
+    def label(self) -> str:
+        """The backend as progress lines name it (with a setting that tells its cells apart)."""
+        return self.name
+
 
 SCOPES = ("op", "cell", "row")
 
@@ -139,6 +143,11 @@ SECURITY_BITS = Column("security_bits", "bits", "cell", "classical security of t
                        "with the backend's `allow_insecure`, and then marked insecure", True, "security")
 KEYGEN_S = Column("keygen_s", "s", "cell", "key generation (as recorded when the keys were made)", kind="setup")
 APPROX = Column("approx", "text", "cell", "settings of the non-linearities' approximations", kind="parameter")
+COMPILE_S = Column("compile_s", "s", "cell", "compiling before the online runs: a circuit (as recorded when it was "
+                   "compiled) or each op's program (on its first run, the warm-up's)", kind="setup")
+PARTIES = Column("parties", "count", "cell", "parties computing", kind="parameter")
+PARTY_START_S = Column("party_start_s", "s", "cell", "starting the parties (and their links), on the cell that "
+                       "started them (0 when reused)", kind="setup")
 # fmt: on
 
 

@@ -38,7 +38,8 @@ class Cell:
     @property
     def label(self) -> str:
         wl = self.make_workload()
-        return f"{self.backend['name']}/{wl.name}[{wl.variant}] seq={wl.cfg.seq_len} d={wl.cfg.d_model}"
+        backend = backends.get(self.backend["name"]).Config(**self.backend).label()
+        return f"{backend}/{wl.name}[{wl.variant}] seq={wl.cfg.seq_len} d={wl.cfg.d_model}"
 
     def columns(self) -> dict[str, Any]:
         """The identity columns every row of this cell carries."""

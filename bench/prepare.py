@@ -60,7 +60,12 @@ def group_choices() -> dict[str, list[str]]:
     found = {p.name: sorted(f.stem for f in p.glob("*.yaml")) for p in Path(CONF_DIR).iterdir() if p.is_dir()}
     del found["hydra"], found["model"]  # hydra's own; encbench-project's
     presets = found.pop("workload", [])  # conf/workload/*.yaml: workloads with variants set
-    return {**found, "backend": ["all", *backends.names()], "workload": ["all", *workloads.REGISTRY, *presets]}
+    protocols = found.pop("backend", [])  # conf/backend/*.yaml: backends with a protocol set
+    return {
+        **found,
+        "backend": ["all", *backends.names(), *protocols],
+        "workload": ["all", *workloads.REGISTRY, *presets],
+    }
 
 
 def check_groups(overrides: list[str], choices: dict[str, list[str]]) -> None:

@@ -111,7 +111,7 @@ def test_submitit_launcher_writes_the_same_layout(tmp_path):
 BAD_INPUT = [
     (
         ["backend=foo"],
-        "backend=foo is unknown; choose one of: all, concrete, crypten, faulty, lattigo, plaintext, tenseal, wid",
+        "backend=foo is unknown; choose one of: all, concrete, crypten, faulty, lattigo, plaintext, spu, tenseal, wid",
     ),
     (["workload=mlp"], "workload=mlp is unknown; choose one of: all, attention_head, layernorm, block, lora_update"),
     (["workload=attention_head", "workload.n_heads=5"], "workload.d_model=64 is not divisible by workload.n_heads=5"),

@@ -14,17 +14,16 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import asdict, dataclass
-from multiprocessing import resource_tracker
-from pathlib import Path
 
 import pytest
 import torch
+from processes import faulty_then_good
 from test_backend_conformance import HARNESS, BackendConformance
 
 import backends
-from backends.crypten import CryptenBackend, CryptenConfig, parties
+from backends import parties
+from backends.crypten import CryptenBackend, CryptenConfig
 from bench.cells import Cell
 from bench.measure import HarnessConfig
 from workloads.base import ConfigError
@@ -217,7 +216,7 @@ def silent_matmul(backend) -> None:
 def test_counters_reading_zero_for_a_private_product_fail_loudly():
     with pytest.raises(parties.PartyError, match="counted no communication"):
         CryptenBackend.execute(CryptenConfig(), silent_matmul)
-    assert not parties._POOL.procs  # every party was killed; the next cell starts fresh ones
+    assert not parties.current("crypten").procs  # every party was killed; the next cell starts fresh ones
     out = CryptenBackend.execute(CryptenConfig(), functools.partial(private_products, 2, 3, 4))
     assert out["matmul"]["rounds"] == 1
 
@@ -262,39 +261,17 @@ class FaultyCrypten(CryptenBackend):
 BACKEND = FaultyCrypten
 
 
-def marked_processes(mark: str) -> list[int]:
-    """Pids of live processes whose environment carries `mark` (what this test started)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and mark.encode() in (proc / "environ").read_bytes():
-                found.append((int(proc.name), (proc / "cmdline").read_bytes()[:80].decode(errors="replace")))
-        except OSError:
-            continue
-    return found
-
-
 @pytest.mark.parametrize(
     "fault,status",
     [("kill", "error"), pytest.param("hang", "timeout", marks=pytest.mark.slow)],  # hang: waits 12 s
 )
 def test_a_failing_party_fails_its_cell_leaves_no_process_and_the_next_cell_runs(fault, status, monkeypatch, tmp_path):
-    from bench.sweep import run_cells
-
-    resource_tracker.ensure_running()  # this process's own helper: started before the mark, so not counted
-    mark = f"ENCBENCH_TEST_{uuid.uuid4().hex}"
-    monkeypatch.setenv(mark, "1")
-    monkeypatch.setenv("ENCBENCH_BACKENDS", "faulty,test_crypten")
-    sizes = {"name": "attention_head", "seq_len": 4, "d_model": 16, "n_heads": 2}
-    harness = asdict(HarnessConfig(warmup=0, repeats=1, timeout_s=12))
-    faulty = Cell(asdict(backends.get("test_crypten").Config(fault=fault)), sizes, harness)
-    good = Cell(asdict(CryptenConfig()), sizes, harness)
-    tally = run_cells([faulty, good], tmp_path, tmp_path, "t", timeout_s=12, progress=False)
-    rows = [line for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
-    assert tally[status] == 1 and tally["ok"] == 1, (tally, rows[0])
+    faulty = lambda: backends.get("test_crypten").Config(fault=fault)  # noqa: E731 - registered by the sweep's env
+    tally, row, left = faulty_then_good(monkeypatch, tmp_path, "faulty,test_crypten", faulty, CryptenConfig(), 12)
+    assert tally[status] == 1 and tally["ok"] == 1, (tally, row)
     if fault == "kill":
-        assert "crypten-party-1 died" in rows[0]
-    assert marked_processes(mark) == []  # worker and every party are gone
+        assert "crypten-party-1 died" in row
+    assert left == []  # worker and every party are gone
 
 
 # --- the must-show cell ----------------------------------------------------------------------

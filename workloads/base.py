@@ -24,6 +24,13 @@ class ConfigError(ValueError):
     """A user error in the configuration; its message is one line naming the key and the fix."""
 
 
+def require(checks: list[tuple[bool, str]]) -> None:
+    """ConfigError with the message of the first check that fails."""
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
 class Recorder(Protocol):
     def __call__(self, name: str, fn: Callable[[], T]) -> T: ...
 

@@ -36,6 +36,7 @@ from backends.base import (
     ALL,
     COMM_BYTES,
     COMM_BYTES_SPLIT,
+    COMPILE_S,
     CT_BYTES,
     KEY_BYTES,
     KEYGEN_S,
@@ -76,8 +77,7 @@ COLUMNS = (
     Column("cost_model", "text", "cell", "the cost model: `seconds_per_unit`, `overhead_s`, `spread` (largest "
            "relative residual of its fit) and whose `machine` (this one once an executed cell measured it, else the "
            "reference machine's)", kind="parameter"),
-    Column("compile_s", "s", "cell", "calibration + compilation, as recorded when the circuit was made",
-           kind="setup"),
+    COMPILE_S,
     Column("keys_load_s", "s", "cell", "this cell's key generation or load (execute mode)", kind="setup"),
     Column("cache_hit", "bool", "cell", "the circuit came from the on-disk cache", kind="flag"),
     Column("keys_cached", "bool", "cell", "the keys came from the on-disk cache (execute mode)", kind="flag"),

@@ -36,6 +36,8 @@ from backends.base import (
     APPROX,
     COMM_BYTES,
     COMM_BYTES_SPLIT,
+    PARTIES,
+    PARTY_START_S,
     ROUNDS,
     Backend,
     BackendConfig,
@@ -45,7 +47,7 @@ from backends.base import (
 )
 from backends.crypten import parties
 from backends.crypten.ops import CryptenOps, expanded
-from workloads.base import ConfigError
+from workloads.base import require
 
 TRIPLES = ("TFP", "TTP")
 GELU_METHODS = ("tanh", "erf")
@@ -57,12 +59,11 @@ COLUMNS = (
            True, "communication"),
     Column("preproc_s", "s", "op", "time inside the triple provider (slowest party), included in `latency_s`",
            kind="latency"),
-    Column("parties", "count", "cell", "parties computing", kind="parameter"),
+    PARTIES,
     Column("triples", "text", "cell", "triple provider: `TFP` trusted first party, `TTP` trusted third party",
            kind="parameter"),
     Column("precision_bits", "bits", "cell", "fixed-point fractional bits", kind="parameter"),
-    Column("party_start_s", "s", "cell", "starting the parties, on the cell that started them (0 when reused)",
-           kind="setup"),
+    PARTY_START_S,
 )  # fmt: skip
 
 
@@ -118,9 +119,7 @@ class CryptenBackend(Backend):
             (cfg.rank is None or 0 <= cfg.rank < cfg.parties, f"backend.rank={cfg.rank} must be null or < parties"),
             (cfg.threads >= 1 and cfg.party_timeout_s > 0, "backend.threads and backend.party_timeout_s must be > 0"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        require(checks)
 
     @classmethod
     def unavailable(cls):

@@ -1,34 +1,26 @@
-"""CrypTen party processes: started once per sweep process, reused across cells, killed together.
+"""CrypTen party processes (`backends/parties.py` starts, reuses and kills them).
 
 Each party is a spawned OS process (rank 0..P-1, plus rank P for CrypTen's trusted third party
 when `triples=TTP`) that joins a torch.distributed (gloo) group over TCP and then runs, in
-lock-step with the others, the jobs this process sends it through a pipe. Parties inherit this
-process's process group (no setsid), so the harness's worker takes them down when it kills its
-group on a timeout. If any party dies, raises or stops answering within `timeout_s`, every party
-is killed and PartyError raised: the cell becomes `error` and the next cell starts fresh parties.
+lock-step with the others, the jobs this process sends it through a pipe.
 
 `Traffic` is the party-side accounting that `CryptenBackend.counters` reads (see there).
 """
 
 from __future__ import annotations
 
-import atexit
-import multiprocessing as mp
 import os
-import socket
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any
 
+import backends.parties as shared
+from backends.parties import PartyPool, free_port, serve
+
 BYTES_PER_ELEMENT = 8  # CrypTen's ring elements are int64
-
-
-class PartyError(RuntimeError):
-    """A party crashed, raised or hung; all parties were killed."""
 
 
 @dataclass(frozen=True)
@@ -40,12 +32,6 @@ class PoolKey:
     addr: str
     port: int
     rank: int | None  # None: every party runs here; an int: only that party (one host per party)
-
-
-def free_port(addr: str) -> int:
-    with socket.socket() as s:
-        s.bind((addr, 0))
-        return s.getsockname()[1]
 
 
 def _party_main(rank: int, key: PoolKey, port: int, conn: Connection) -> None:
@@ -73,114 +59,21 @@ def _party_main(rank: int, key: PoolKey, port: int, conn: Connection) -> None:
         conn.send(("error", f"party {rank} failed to start: {type(exc).__name__}: {exc}"))
         return
     conn.send(("ok", time.perf_counter() - start))
-    while True:
-        try:
-            job = conn.recv()
-        except EOFError:
-            return
-        if job is None:
-            return
-        try:
-            conn.send(("ok", job()))
-        except BaseException as exc:  # noqa: BLE001 - reported to the pool, which kills every party
-            where = traceback.format_exception(exc)[-2].strip().splitlines()[0] if exc.__traceback__ else ""
-            conn.send(("error", f"party {rank}: {type(exc).__name__}: {exc} ({where})"))
-
-
-class PartyPool:
-    """The running parties of this process (party processes for the ranks hosted here)."""
-
-    def __init__(self, key: PoolKey, timeout_s: float):
-        self.key, self.procs, self.conns = key, [], []
-        ctx = mp.get_context("spawn")  # clean interpreters: no torch threads inherited via fork
-        ranks = list(range(key.parties)) if key.rank is None else [key.rank]
-        if key.triples == "TTP" and 0 in ranks:
-            ranks.append(key.parties)  # the trusted third party runs beside party 0
-        port = key.port or free_port(key.addr)
-        start = time.perf_counter()
-        for rank in ranks:
-            mine, theirs = ctx.Pipe()
-            args = (rank, key, port, theirs)
-            proc = ctx.Process(target=_party_main, args=args, name=f"crypten-party-{rank}", daemon=True)
-            proc.start()
-            theirs.close()
-            self.procs.append(proc)
-            self.conns.append(mine)
-        self._collect(self.conns, timeout_s, "start")
-        self.start_s = time.perf_counter() - start
-        self.n_jobs = len([r for r in ranks if r < key.parties])  # the TTP takes no jobs
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
-
-    def run(self, job: Callable[[], Any], timeout_s: float) -> Any:
-        """Run `job` in every party here; the first (lowest rank) party's result."""
-        conns = self.conns[: self.n_jobs]
-        for conn in conns:
-            conn.send(job)
-        return self._collect(conns, timeout_s, "job")[0]
-
-    def _collect(self, conns: list[Connection], timeout_s: float, what: str) -> list[Any]:
-        """Every party's answer; a death, an error or a timeout kills all parties and raises."""
-        answers: dict[int, Any] = {}
-        deadline = time.monotonic() + timeout_s
-        sentinels = {p.sentinel: i for i, p in enumerate(self.procs)}
-        while len(answers) < len(conns):
-            left = deadline - time.monotonic()
-            ready = wait([c for i, c in enumerate(conns) if i not in answers] + list(sentinels), max(left, 0))
-            if not ready:
-                self.kill()
-                raise PartyError(f"parties did not finish the {what} within backend.party_timeout_s={timeout_s:g}")
-            for obj in ready:
-                if obj in sentinels:
-                    proc = self.procs[sentinels[obj]]
-                    self.kill()
-                    raise PartyError(f"{proc.name} died during the {what} (exit code {proc.exitcode})")
-                i = conns.index(obj)
-                try:
-                    status, value = obj.recv()
-                except EOFError:  # died before its sentinel was seen
-                    status, value = "error", f"{self.procs[i].name} died during the {what}"
-                if status == "error":
-                    self.kill()
-                    raise PartyError(value)
-                answers[i] = value
-        return [answers[i] for i in range(len(conns))]
-
-    def kill(self) -> None:
-        """SIGKILL every party process of this pool (by pid) and reap it."""
-        for proc in self.procs:
-            if proc.is_alive():
-                proc.kill()
-        for proc in self.procs:
-            proc.join(5)
-        for conn in self.conns:
-            conn.close()
-        self.procs, self.conns = [], []
-
-
-_POOL: PartyPool | None = None
+    serve(rank, conn)
 
 
 def pool(key: PoolKey, timeout_s: float) -> tuple[PartyPool, bool]:
-    """The running pool for `key`, started (or restarted) if needed; True when just started."""
-    global _POOL
-    if _POOL is not None and _POOL.key == key and _POOL.procs and all(p.is_alive() for p in _POOL.procs):
-        return _POOL, False
-    shutdown()
-    _POOL = PartyPool(key, timeout_s)
-    return _POOL, True
+    """The running CrypTen parties for `key`, started (or restarted) if needed; True when just started."""
 
+    def start() -> PartyPool:
+        ranks = list(range(key.parties)) if key.rank is None else [key.rank]
+        jobs = len(ranks)  # the TTP takes no jobs
+        if key.triples == "TTP" and 0 in ranks:
+            ranks.append(key.parties)  # the trusted third party runs beside party 0
+        port = key.port or free_port(key.addr)
+        return PartyPool(key, "crypten", _party_main, ranks, (key, port), timeout_s, n_jobs=jobs)
 
-def shutdown() -> None:
-    global _POOL
-    if _POOL is not None:
-        _POOL.kill()
-        _POOL = None
-
-
-atexit.register(shutdown)
+    return shared.pool("crypten", key, start)
 
 
 class Traffic:

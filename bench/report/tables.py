@@ -187,29 +187,50 @@ def status_table(frame: pd.DataFrame) -> Table:
 
 
 def cells_table(frame: pd.DataFrame, only: list[str] | None = None) -> Table | None:
-    """One line per ok cell: total latency, setup, the totals of every deterministic per-op counter, the
-    cell's sizes, the estimates (network times, cost models) and the output error (cliffs and insecure
-    cells marked); `only` keeps those of the middle columns."""
+    """One line per ok cell: total latency, setup, the totals of every deterministic per-op counter (a
+    family's members, such as bytes per party, side by side), the cell's sizes, the estimates (network
+    times, cost models), the output error (cliffs and insecure cells marked) and, where cells repeat,
+    how many repeats missed the tolerance; `only` keeps those of the middle columns (and drops the
+    families and the last)."""
     cells = sort_cells(frame[(frame["status"] == "ok") & (frame["op"] == TOTAL)])
     if cells.empty:
         return None
     catalogue = registry()
-    counters = [c for c in present(cells, scope="op", deterministic=True) if catalogue.named(c)]
-    columns = [*counters, *present(cells, scope="cell", kind="size"), *present(cells, kind="estimate")]
-    columns = [c for c in columns if only is None or c in only]
+    counted = present(cells, scope="op", deterministic=True)
+    counters = [c for c in counted if catalogue.named(c) and (only is None or c in only)]
+    families = {} if only is not None else members(cells, [c for c in counted if not catalogue.named(c)])
+    rest = [*present(cells, scope="cell", kind="size"), *present(cells, kind="estimate")]
+    rest = [c for c in rest if only is None or c in only]
     data = pd.DataFrame(
         {
             "latency": [latency_text(r) for r in cells.itertuples()],
             "setup": list(cells["setup_s"].map(fmt_seconds)),
-            **{c: [fmt_value(c, v) for v in cells[c]] for c in columns},
+            **{c: [fmt_value(c, v) for v in cells[c]] for c in counters},
+            **families,
+            **{c: [fmt_value(c, v) for v in cells[c]] for c in rest},
             "max abs error": list(cells["max_abs_error"].map(fmt_error)),
             "tolerance": list(cells["tolerance"].map(fmt_error)),
         },
         index=list(cells["cell"]),
     )
+    if only is None and cells["repeats"].gt(1).any():  # MPC errors vary per run: how many repeats missed
+        pairs = zip(cells["inaccurate_repeats"], cells["repeats"], strict=True)
+        data["inaccurate repeats"] = ["–" if pd.isna(bad) else f"{bad:.0f} of {n:.0f}" for bad, n in pairs]
     marks = pd.DataFrame("", index=data.index, columns=data.columns)
     marks["max abs error"] = list(cells["cliff"].map({True: "cliff", False: ""}))
     return Table(data, marks, list(cells["insecure"].map({True: "insecure", False: ""})), "cell")
+
+
+def members(cells: pd.DataFrame, names: list[str]) -> dict[str, list[str]]:
+    """Family members side by side, one column per family: `comm_bytes_p0/p1/p2` -> `1 MB / 2 MB / 2 MB`."""
+    families: dict[str, list[str]] = {}
+    for name in names:
+        families.setdefault(registry().lookup(name).name, []).append(name)
+    found = {}
+    for family, names in families.items():
+        head = family.rstrip("*") + "/".join(n.removeprefix(family.rstrip("*")) for n in names)
+        found[head] = [" / ".join(fmt_value(n, row[n]) for n in names) for _, row in cells.iterrows()]
+    return found
 
 
 def cells_tables(frame: pd.DataFrame) -> list[tuple[str, Table]]:

@@ -1,0 +1,129 @@
+"""The op set as jax functions: what every SPU program is traced from.
+
+SPU compiles a jax function to its IR and runs it on shares; its fixed-point kernels approximate
+the non-linearities (exp by Taylor, or PUMA's `exp_prime`; reciprocal and rsqrt by Newton). The
+`puma` forms are PUMA's (Dong et al. 2023, arXiv 2307.12533), as SPU's own GPT-2 and LLaMA
+examples write them (`examples/python/ml/flax_llama7b`: `hack_gelu`, `hack_softmax`):
+- GELU: 0 below -4, a cubic on [-4, -1.95), a degree-6 polynomial on [-1.95, 3], x above 3;
+- softmax: x - max, then exp with inputs below -14 set to 0 (exp_prime's range), normalised.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from workloads.ops import Ops, rotate_half
+
+GELU_CUBIC = (-0.5054031199708174, -0.42226581151983866, -0.11807612951181953, -0.011034134030615728)
+GELU_SEXTIC = (0.008526321541038084, 0.5, 0.3603292692789629, 0.0, -0.037688200365904236, 0.0, 0.0018067462606141187)
+PUMA_EXP_FLOOR = -14.0
+
+
+def horner(x, coeffs):
+    acc = jnp.full_like(x, coeffs[-1])
+    for c in reversed(coeffs[:-1]):
+        acc = acc * x + c
+    return acc
+
+
+def puma_gelu(x):
+    """PUMA's piecewise GELU (max error ~1e-3 against erf GELU)."""
+    cubic = (x >= -4.0) & (x < -1.95)
+    sextic = (x >= -1.95) & (x <= 3.0)
+    return (
+        jnp.where(x > 3.0, x, 0.0)
+        + jnp.where(cubic, horner(x, GELU_CUBIC), 0.0)
+        + jnp.where(sextic, horner(x, GELU_SEXTIC), 0.0)
+    )
+
+
+def puma_softmax(x):
+    """PUMA's softmax: exponentials below e^-14 dropped (SPU's exp_prime covers [-14, 0])."""
+    x = x - jnp.max(x, axis=-1, keepdims=True)
+    e = jnp.exp(x) * (x > PUMA_EXP_FLOOR)
+    return e / jnp.sum(e, axis=-1, keepdims=True)
+
+
+class JaxOps(Ops):
+    """Ops on jax arrays (float32 at trace time; SPU computes them in fixed point).
+
+    `forms`: `spu` (SPU's own kernels: jax.nn.softmax, erf GELU, x sigmoid(x)) or `puma`."""
+
+    def __init__(self, forms: str = "spu"):
+        self.forms = forms
+
+    def linear(self, x, w, b=None):
+        y = x @ w
+        return y if b is None else y + b
+
+    def project(self, x, ws, bs):
+        """One product with the maps side by side: x is opened (or masked) once for all."""
+        y = x @ jnp.concatenate(ws, axis=-1)
+        ends = list(np.cumsum([w.shape[-1] for w in ws]))
+        parts = jnp.split(y, ends[:-1], axis=-1)
+        return tuple(p if b is None else p + b for p, b in zip(parts, bs, strict=True))
+
+    def matmul(self, a, b):
+        return a @ b
+
+    def transpose(self, a):
+        return jnp.swapaxes(a, -1, -2)
+
+    def add(self, a, b):
+        return a + b
+
+    def sub(self, a, b):
+        return a - b
+
+    def mul(self, a, b):
+        return a * b
+
+    def square(self, x):
+        return x * x
+
+    def sum(self, x, dim=-1):
+        return jnp.sum(x) if dim is None else jnp.sum(x, axis=dim, keepdims=True)
+
+    def exp(self, x):
+        return jnp.exp(x)
+
+    def reciprocal(self, x):
+        return 1.0 / x
+
+    def rsqrt(self, x):
+        return jax.lax.rsqrt(x)
+
+    def relu(self, x):
+        return jnp.maximum(x, 0.0)
+
+    def gelu(self, x):
+        if self.forms == "puma":
+            return puma_gelu(x)
+        return 0.5 * x * (1.0 + jax.lax.erf(x / math.sqrt(2.0)))
+
+    def silu(self, x):
+        return x * jax.nn.sigmoid(x)
+
+    def softmax(self, x):
+        return puma_softmax(x) if self.forms == "puma" else jax.nn.softmax(x, axis=-1)
+
+    def poly(self, x, coeffs):
+        return horner(x, [float(c) for c in coeffs])
+
+    def split_heads(self, x, n_heads):
+        seq, width = x.shape
+        return jnp.swapaxes(x.reshape(seq, n_heads, width // n_heads), 0, 1)
+
+    def merge_heads(self, x):
+        n_heads, seq, head_dim = x.shape
+        return jnp.swapaxes(x, 0, 1).reshape(seq, n_heads * head_dim)
+
+    def rotary(self, x, cos, sin):
+        return x * cos + rotate_half(x, lambda parts, dim: jnp.concatenate(parts, axis=dim)) * sin
+
+    def repeat_heads(self, x, times):
+        return jnp.repeat(x, times, axis=0)
