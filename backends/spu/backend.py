@@ -177,8 +177,7 @@ class SpuBackend(Backend):
         return handles
 
     def setup(self, workload, weights):
-        self._jobs([parties.clear] * self.n)
-        self.dropped.clear()
+        """The weights shared; the parties hold no variable yet (`close` freed the last cell's)."""
         public = workload.public_weights() if hasattr(workload, "public_weights") else set()
         return self._share(weights, owner=1, public=public)
 
