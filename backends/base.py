@@ -50,7 +50,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -156,7 +156,8 @@ class Capabilities:
     """What a backend can run and measure.
 
     `workloads` maps each supported workload to the variant values it supports per switch
-    (`ALL` for every variant; a switch left out supports every value). `columns` are the result
+    (`ALL` for every variant; a switch left out supports every value); `unsupported` says why
+    for workloads left out that a user may expect (a skipped cell shows it). `columns` are the result
     columns it fills besides the harness's own (latency, error, status, sizes of the workload).
     `same_cost`: variant switches all of whose values have the same cost on this backend (a TFHE
     lookup table is one PBS per entry whatever function it holds), so a `workload.variants=each`
@@ -164,13 +165,15 @@ class Capabilities:
     """
 
     workloads: Mapping[str, Mapping[str, tuple[str, ...]] | None]
+    unsupported: Mapping[str, str] = field(default_factory=dict)
     columns: tuple[Column, ...] = ()
     same_cost: tuple[str, ...] = ()  # switches whose values cost alike here: `each` sweeps keep the default
 
     def why_not(self, workload: Workload) -> str | None:
         """Why the backend cannot run this workload and variant, or None if it can."""
         if workload.name not in self.workloads:
-            return f"workload {workload.name} is not supported"
+            reason = self.unsupported.get(workload.name)
+            return f"workload {workload.name} is not supported" + (f": {reason}" if reason else "")
         for switch, allowed in (self.workloads[workload.name] or {}).items():
             value = getattr(workload.cfg, switch)
             if value not in allowed:

@@ -21,6 +21,7 @@ class Reference:
 
     def __init__(self, value: Any):
         self.flat = flatten(value)
+        self.top1 = value.argmax(-1) if isinstance(value, torch.Tensor) and value.dim() >= 2 else None
         self.scale = float(self.flat.abs().max()) if self.flat.numel() else 0.0
         self._scratch = torch.empty_like(self.flat)
 
@@ -33,6 +34,13 @@ class Reference:
             return 0.0, 0.0
         abs_err = float(torch.sub(g, self.flat, out=self._scratch).abs_().max())
         return abs_err, abs_err / self.scale if self.scale > 0 else abs_err
+
+    def top1_agreement(self, got: Any) -> float:
+        """Share of the output's rows (vectors along the last dim) whose largest entry sits where the
+        reference's does (a next-token proxy); NaN for outputs that are not one matrix."""
+        if self.top1 is None or not isinstance(got, torch.Tensor):
+            return float("nan")
+        return float((got.argmax(-1) == self.top1).double().mean())
 
 
 def errors(got: Any, ref: Any) -> tuple[float, float]:

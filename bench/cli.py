@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from backends import get as get_backend
 from bench import manifest
-from bench.cells import expand
+from bench.config import cells as job_cells
 from bench.config import networks, register, typed
 from bench.prepare import CONF_DIR, prepare
 from bench.sweep import run_cells
@@ -33,8 +33,8 @@ def run_job(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
     run_dir = Path(cfg.results_dir) / cfg.run_id
-    backend, workload, harness = typed(cfg)
-    cells = expand(backend, workload, harness)
+    _, _, harness = typed(cfg)
+    cells = job_cells(cfg)
     name, parallel = launcher_info()
     info = manifest.collect(
         run_id=cfg.run_id,

@@ -65,6 +65,8 @@ HARNESS = (
         ("max_rel_error", "ratio", "row", "`max_abs_error / max |reference|`"),
         ("tolerance", "value", "row", "bound on `max_abs_error`: `workload.tolerance`, else the backend's default"),
         ("accurate", "bool", "row", "`max_abs_error <= tolerance`; false marks an accuracy cliff"),
+        ("top1_agreement", "ratio", "cell", "share of the final output's rows whose largest entry is where the "
+         "reference's is (a next-token proxy), worst over repeats; empty unless the output is one matrix"),
         ("inaccurate_repeats", "count", "cell", "timed repeats whose output error exceeded the tolerance (MPC "
          "truncation failures are per run: 1 of 5 is a flaky cell, 5 of 5 a broken one)"),
     ),

@@ -11,6 +11,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 import backends
 import workloads
 from backends.base import BackendConfig
+from bench import claims
+from bench.cells import Cell, expand
 from bench.measure import HarnessConfig
 from bench.network import NetworkConfig
 from workloads.base import ConfigError, WorkloadConfig
@@ -48,6 +50,7 @@ class EncbenchConfig:
     backend: Any = MISSING
     workload: Any = MISSING
     harness: HarnessConfig = field(default_factory=HarnessConfig)
+    claims: list[str] = field(default_factory=list)  # bench/claims.py ids: their cells replace backend x workload
     networks: dict[str, NetworkConfig] = field(default_factory=dict)  # filled from conf/network/
     results_dir: str = "results"
     run_id: str = MISSING  # set by the `encbench` entry point; names the run's directory
@@ -88,6 +91,12 @@ def typed(cfg: DictConfig) -> tuple[Any, Any, HarnessConfig]:
     validate_harness(harness)
     validate_networks(networks(cfg))
     return OmegaConf.to_object(cfg.backend), OmegaConf.to_object(cfg.workload), harness
+
+
+def cells(cfg: DictConfig) -> list[Cell]:
+    """The job's cells: the claims' (`claims=[...]`), else backend x workload expanded."""
+    backend, workload, harness = typed(cfg)
+    return claims.cells(list(cfg.claims), harness) if cfg.claims else expand(backend, workload, harness)
 
 
 def networks(cfg: DictConfig) -> dict[str, NetworkConfig]:

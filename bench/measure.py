@@ -44,6 +44,7 @@ class OnlineRun:
     revealed: Any
     abs_error: float = NAN
     rel_error: float = NAN
+    top1_agreement: float = NAN
 
 
 @dataclass
@@ -96,6 +97,7 @@ def measure_cell(backend: Backend, workload: Workload, harness: HarnessConfig) -
     while len(cell.runs) < max(harness.repeats, 1):
         run = online_run(backend, workload, inputs, handles)
         run.abs_error, run.rel_error = reference.errors(run.revealed)  # every repeat: MPC errors vary
+        run.top1_agreement = reference.top1_agreement(run.revealed)
         run.revealed = None
         cell.runs.append(run)
         if backend.agree(sum(r.total_s for r in cell.runs) >= harness.budget_s):  # parties' clocks differ
@@ -150,6 +152,7 @@ def tidy_rows(cell: CellMeasurement, backend: Backend, tolerance: float) -> list
         **common,
         "setup_s": cell.setup_s,
         "inaccurate_repeats": sum(r.abs_error > tolerance for r in cell.runs),
+        "top1_agreement": min(r.top1_agreement for r in cell.runs),
         **totals,
         **metrics,
         **error_columns(worst.abs_error, worst.rel_error, tolerance),

@@ -26,8 +26,8 @@ from omegaconf.errors import OmegaConfBaseException
 import backends
 import workloads
 from bench import manifest
-from bench.cells import expand
-from bench.config import register, typed
+from bench.config import cells as job_cells
+from bench.config import register
 from bench.keys import check_declared, check_deletions, unknown_key
 from workloads.base import ConfigError
 
@@ -131,7 +131,7 @@ def validate(job_overrides: list[list[str]]) -> str:
             try:
                 check_groups(job, choices)
                 cfg = compose_checked(task, sorted(choices))
-                cells = expand(*typed(cfg))
+                cells = job_cells(cfg)
             except (HydraException, OmegaConfBaseException) as exc:
                 message = one_line(exc, lambda parent, task=task: keys_of(task, parent))
                 raise ConfigError(in_job(message, job_overrides, job)) from None

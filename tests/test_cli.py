@@ -12,6 +12,7 @@ from conftest import ENCBENCH, REPO, encbench
 from test_harness import children_of, pid_alive
 
 import bench
+import workloads
 from backends import installed
 from bench.cells import expand
 from bench.config import AllBackendsConfig, AllWorkloadsConfig
@@ -30,7 +31,7 @@ def test_default_quick_sweep_runs_every_workload_on_plaintext(quick_sweep):
     assert done.returncode == 0, done.stderr
     frame = bench.load(results)
     totals = frame[frame.op == "total"]
-    assert set(totals.workload) == {"attention_head", "layernorm", "block", "lora_update", "llama_block"}
+    assert set(totals.workload) == set(workloads.REGISTRY)
     plain = frame[frame.backend == "plaintext"]
     assert (plain.status == "ok").all() and (plain.max_abs_error < 1e-9).all()
     planned = Counter(c.backend["name"] for c in expand(AllBackendsConfig(), AllWorkloadsConfig(), HarnessConfig()))
@@ -140,7 +141,8 @@ BAD_INPUT = [
         ["+networks.dc.rtt_ms=3"],
         "networks.dc is not a network yet; start it from a preset: +network@networks.dc=<lan|wan>",
     ),
-    (["+experiment=nosuch"], "+experiment=nosuch is unknown; choose one of: fit"),
+    (["+experiment=nosuch"], "+experiment=nosuch is unknown; choose one of: claim_ef_llm, claim_marill"),
+    (["claims=[nope]"], "claims=['nope'] unknown; choose among zama_pbs, zama_accuracy"),
     (
         ["+experiment=fit", "workload.seq_len=4,x"],
         "workload.seq_len: Value 'x' of type 'str' could not be converted to Integer (in the job workload.seq_len=x "
@@ -204,9 +206,10 @@ def test_failing_cells_are_recorded_while_the_sweep_finishes(tmp_path):
         "block": "error",
         "lora_update": "ok",
         "llama_block": "error",
+        "finetune": "error",
     }
     assert totals.error["block"].startswith("RuntimeError: injected fault in softmax")
-    assert "5 cells (3 error, 2 ok)" in done.stdout
+    assert "6 cells (4 error, 2 ok)" in done.stdout
 
 
 def test_resume_continues_the_same_run_without_measuring_again(tmp_path):
@@ -264,7 +267,7 @@ def test_a_killed_sweep_leaves_no_process_and_resume_measures_only_what_is_missi
         "-m",
         "backend=faulty",
         "backend.fault=hang",
-        "backend.fault_op=gelu",  # block: the third of the first job's five cells
+        "backend.fault_op=gelu",  # block: the third of the first job's six cells
         f"backend.pid_file={pid_file}",
         f"backend.fault_once={tmp_path / 'hung'}",  # the same command gets past it the second time
         "workload.variants=default",
@@ -296,9 +299,9 @@ def test_a_killed_sweep_leaves_no_process_and_resume_measures_only_what_is_missi
 
     again = encbench(*sweep, "resume=true", results=results)
     assert again.returncode == 0, again.stderr
-    assert "5 cells (3 ok, 2 resumed)" in again.stdout and "5 cells (5 ok)" in again.stdout
+    assert "6 cells (4 ok, 2 resumed)" in again.stdout and "6 cells (6 ok)" in again.stdout
     totals = [r for r in read_rows(results) if r["op"] == "total"]
-    assert len(totals) == len({r["cell_id"] for r in totals}) == 10  # each cell measured exactly once
+    assert len(totals) == len({r["cell_id"] for r in totals}) == 12  # each cell measured exactly once
     assert all(r["status"] == "ok" for r in totals)
     assert [r for r in totals if r["cell_id"] in before] == list(before.values())  # kept, not measured again
     assert len(list(results.iterdir())) == 1  # the same run directory

@@ -40,6 +40,7 @@ ELEMENT = 8  # bytes per CrypTen ring element
 CLIFFS = {
     ("block", "softmax=power,norm=exact,gelu=exact,head_merge=1"): "attn.softmax",
     ("llama_block", "softmax=power,norm=exact,silu=exact"): "attn.softmax",  # the same after RMSNorm
+    ("finetune", "adapter=lora,base=private,softmax=power,norm=exact,gelu=exact,head_merge=1"): "attn.softmax",
 }
 
 

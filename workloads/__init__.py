@@ -3,12 +3,15 @@
 from workloads.attention import AttentionHead
 from workloads.base import ConfigError, Recorder, Workload, WorkloadConfig
 from workloads.block import Block
+from workloads.finetune import Finetune
 from workloads.layernorm import LayerNorm
 from workloads.llama import LlamaBlock
 from workloads.lora import LoraUpdate
 from workloads.ops import Ops, TorchOps
 
-REGISTRY: dict[str, type[Workload]] = {w.name: w for w in (AttentionHead, LayerNorm, Block, LoraUpdate, LlamaBlock)}
+REGISTRY: dict[str, type[Workload]] = {
+    w.name: w for w in (AttentionHead, LayerNorm, Block, LoraUpdate, LlamaBlock, Finetune)
+}
 
 
 def get(name: str) -> type[Workload]:

@@ -15,6 +15,7 @@ non-linearity.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -55,12 +56,14 @@ def power(ops: Ops, x, p: int):
     return result
 
 
-def normalise(ops: Ops, e, eps: float):
-    return ops.mul(e, ops.reciprocal(ops.add(ops.sum(e), eps)))
+def gaussian_scale(cfg: AttentionConfig, head_dim: int) -> float:
+    """The Gaussian kernel's exponent per unit of squared distance."""
+    return -1 / (2 * cfg.gaussian_sigma**2 * math.sqrt(head_dim))
 
 
-def attention_weights(ops: Ops, cfg: AttentionConfig, head_dim: int, scores, q, k):
-    """Row weights from the scaled, causally masked scores (n_heads, seq, seq) by the variant."""
+def attention_weights(ops: Ops, cfg: AttentionConfig, head_dim: int, scores, q, k, saved: dict | None = None):
+    """Row weights from the scaled, causally masked scores (n_heads, seq, seq) by the variant;
+    `saved` (if given) receives a normalised variant's row reciprocals `r`."""
     keep = torch.tril(torch.ones(cfg.seq_len, cfg.seq_len, dtype=torch.float64))
     if cfg.softmax == "exact":
         return ops.softmax(ops.add(scores, (1 - keep) * cfg.mask_value))
@@ -69,38 +72,60 @@ def attention_weights(ops: Ops, cfg: AttentionConfig, head_dim: int, scores, q, 
             ops.add(ops.sum(ops.square(q)), ops.transpose(ops.sum(ops.square(k)))),
             ops.mul(scores, -2 * math.sqrt(head_dim)),
         )
-        scale = -1 / (2 * cfg.gaussian_sigma**2 * math.sqrt(head_dim))
-        return ops.mul(ops.exp(ops.mul(sq_dist, scale)), keep)
+        return ops.mul(ops.exp(ops.mul(sq_dist, gaussian_scale(cfg, head_dim))), keep)
     if cfg.softmax == "power":
         e = power(ops, scores, cfg.power_p)
     elif cfg.softmax == "quad2":
         e = ops.square(ops.add(scores, cfg.quad_c))
     else:  # relu
         e = ops.relu(scores)
-    return normalise(ops, ops.mul(e, keep), cfg.norm_eps)
+    e = ops.mul(e, keep)
+    r = ops.reciprocal(ops.add(ops.sum(e), cfg.norm_eps))
+    if saved is not None:
+        saved["r"] = r
+    return ops.mul(e, r)
 
 
-def attention(ops: Ops, rec: Recorder, cfg: AttentionConfig, n_heads: int, x, w: dict, head_dim: int | None = None):
+def attention(
+    ops: Ops,
+    rec: Recorder,
+    cfg: AttentionConfig,
+    n_heads: int,
+    x,
+    w: dict,
+    head_dim: int | None = None,
+    saved: dict | None = None,
+    project: Callable | None = None,
+):
     """Causal multi-head attention of `x` (seq, d_model); `n_heads` heads of width `head_dim`
-    (default d_model / cfg.n_heads)."""
+    (default d_model / cfg.n_heads). `project(x)` replaces the q, k, v projections (LoRA adds
+    adapters); `saved` (if given) receives the ops' outputs the backward reads (`finetune`)."""
     head_dim = head_dim or cfg.d_model // cfg.n_heads
-
-    def qkv():
-        projected = ops.project(x, [w[f"w{n}"] for n in "qkv"], [w[f"b{n}"] for n in "qkv"])
-        return tuple(ops.split_heads(p, n_heads) for p in projected)
-
-    q, k, v = rec("qkv_proj", qkv)
-    heads = attend(ops, rec, cfg, q, k, v, head_dim)
+    project = project or (lambda x: ops.project(x, [w[f"w{n}"] for n in "qkv"], [w[f"b{n}"] for n in "qkv"]))
+    q, k, v = rec("qkv_proj", lambda: tuple(ops.split_heads(p, n_heads) for p in project(x)))
+    heads = attend(ops, rec, cfg, q, k, v, head_dim, saved)
     return rec("out_proj", lambda: ops.linear(ops.merge_heads(heads), w["wo"], w["bo"]))
 
 
-def attend(ops: Ops, rec: Recorder, cfg: AttentionConfig, q, k, v, head_dim: int):
+def attend(ops: Ops, rec: Recorder, cfg: AttentionConfig, q, k, v, head_dim: int, saved: dict | None = None):
     """`qk_matmul`, `softmax` (the variant), `av_matmul` of split heads (n_heads, seq, head_dim)."""
     keep = torch.tril(torch.ones(cfg.seq_len, cfg.seq_len, dtype=torch.float64))
     # scaled and causally masked: scores above the diagonal are 0, so no backend needs to compute them
     scores = rec("qk_matmul", lambda: ops.mul(ops.matmul(q, ops.transpose(k)), keep / math.sqrt(head_dim)))
-    probs = rec("softmax", lambda: attention_weights(ops, cfg, head_dim, scores, q, k))
-    return rec("av_matmul", lambda: ops.matmul(probs, v))
+    if saved is None:
+        probs = rec("softmax", lambda: attention_weights(ops, cfg, head_dim, scores, q, k))
+    else:  # what the backward reads must be the op's outputs (a lazy backend materializes only those)
+
+        def weights():
+            inner = {}
+            return {"probs": attention_weights(ops, cfg, head_dim, scores, q, k, inner), **inner}
+
+        saved.update(rec("softmax", weights), q=q, k=k, v=v, scores=scores)
+        probs = saved["probs"]
+    heads = rec("av_matmul", lambda: ops.matmul(probs, v))
+    if saved is not None:
+        saved["heads"] = heads
+    return heads
 
 
 def attention_weights_init(wl: Workload, gen: torch.Generator, width: int) -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ from scipy.special import erf
 
 from workloads.approx import activation, chebyshev_fit
 from workloads.attention import SOFTMAX_VARIANTS, AttentionConfig, attention, attention_weights_init, validate_attention
-from workloads.base import ConfigError, Workload, divisors, scoped
+from workloads.base import ConfigError, Recorder, Workload, divisors, scoped
 from workloads.layernorm import NORM_VARIANTS, LayerNormConfig, layer_norm, validate_norm
 from workloads.ops import Ops
 
@@ -81,14 +81,24 @@ class Block(Workload):
         return w
 
     def forward(self, ops, rec, x, w):
-        cfg, x = self.cfg, x["x"]
-        a_in = layer_norm(ops, scoped(rec, "ln1"), cfg, x, w["ln1.gamma"], w["ln1.beta"])
-        attn_w = {k.removeprefix("attn."): v for k, v in w.items() if k.startswith("attn.")}
-        heads = cfg.n_heads // cfg.head_merge
-        a_out = attention(ops, scoped(rec, "attn"), cfg, heads, a_in, attn_w, head_dim=cfg.d_model // heads)
-        h = rec("attn.residual", lambda: ops.add(x, a_out))
-        m_in = layer_norm(ops, scoped(rec, "ln2"), cfg, h, w["ln2.gamma"], w["ln2.beta"])
-        hidden = rec("mlp.fc1", lambda: ops.linear(m_in, w["mlp.w1"], w["mlp.b1"]))
-        act = rec("mlp.gelu", lambda: gelu(ops, cfg, hidden))
-        m_out = rec("mlp.fc2", lambda: ops.linear(act, w["mlp.w2"], w["mlp.b2"]))
-        return rec("mlp.residual", lambda: ops.add(h, m_out))
+        return block_forward(ops, rec, self.cfg, x["x"], w)
+
+
+def block_forward(ops: Ops, rec: Recorder, cfg: BlockConfig, x, w: dict, saved: dict | None = None, adapt=None):
+    """The block on `x`. `saved` (if given) receives the ops' outputs a backward reads (`finetune`);
+    `adapt(a_in)`, called after `ln1`, may record ops of its own and returns the q, k, v projection
+    to use (LoRA's adapters)."""
+    part = (lambda name: saved.setdefault(name, {})) if saved is not None else (lambda name: None)
+    a_in = layer_norm(ops, scoped(rec, "ln1"), cfg, x, w["ln1.gamma"], w["ln1.beta"], part("ln1"))
+    attn_w = {k.removeprefix("attn."): v for k, v in w.items() if k.startswith("attn.")}
+    heads = cfg.n_heads // cfg.head_merge
+    project = adapt(a_in) if adapt else None
+    a_out = attention(ops, scoped(rec, "attn"), cfg, heads, a_in, attn_w, cfg.d_model // heads, part("attn"), project)
+    h = rec("attn.residual", lambda: ops.add(x, a_out))
+    m_in = layer_norm(ops, scoped(rec, "ln2"), cfg, h, w["ln2.gamma"], w["ln2.beta"], part("ln2"))
+    hidden = rec("mlp.fc1", lambda: ops.linear(m_in, w["mlp.w1"], w["mlp.b1"]))
+    act = rec("mlp.gelu", lambda: gelu(ops, cfg, hidden))
+    m_out = rec("mlp.fc2", lambda: ops.linear(act, w["mlp.w2"], w["mlp.b2"]))
+    if saved is not None:
+        saved.update(a_in=a_in, m_in=m_in, hidden=hidden, act=act)
+    return rec("mlp.residual", lambda: ops.add(h, m_out))

@@ -52,7 +52,8 @@ def rsqrt_coeffs(lo: float, hi: float, degree: int) -> list[float]:
     return chebyshev_fit(lambda t: 1 / np.sqrt(t), lo, hi, degree)
 
 
-def layer_norm(ops: Ops, rec: Recorder, cfg: LayerNormConfig, x, gamma, beta):
+def layer_norm(ops: Ops, rec: Recorder, cfg: LayerNormConfig, x, gamma, beta, saved: dict | None = None):
+    """LayerNorm of `x`; `saved` (if given) receives the ops' outputs its backward reads (`finetune`)."""
     d = cfg.d_model
     mean = rec("mean", lambda: ops.mul(ops.sum(x), 1 / d))
 
@@ -62,6 +63,8 @@ def layer_norm(ops: Ops, rec: Recorder, cfg: LayerNormConfig, x, gamma, beta):
 
     centred, var = rec("variance", variance)
     inv_std = rec("rsqrt", lambda: inverse_sqrt(ops, cfg, ops.add(var, cfg.eps)))
+    if saved is not None:
+        saved.update(centred=centred, var=var, inv_std=inv_std)
     return rec("scale_shift", lambda: ops.add(ops.mul(ops.mul(centred, inv_std), gamma), beta))
 
 

@@ -12,6 +12,7 @@ weight one in every technology.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -80,6 +81,14 @@ class Ops(ABC):
     @abstractmethod
     def gelu(self, x: Value) -> Value:
         """Exact (erf) GELU."""
+
+    @abstractmethod
+    def gelu_grad(self, x: Value) -> Value:
+        """The exact GELU's derivative, Phi(x) + x phi(x) (`finetune`'s backward)."""
+
+    @abstractmethod
+    def step(self, x: Value) -> Value:
+        """Elementwise 1 where x > 0, else 0: relu's derivative (`finetune`'s backward)."""
 
     @abstractmethod
     def silu(self, x: Value) -> Value:
@@ -162,6 +171,12 @@ class TorchOps(Ops):
 
     def gelu(self, x):
         return torch.nn.functional.gelu(x)
+
+    def gelu_grad(self, x):
+        return 0.5 * (1 + torch.erf(x / math.sqrt(2))) + x * torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+    def step(self, x):
+        return (x > 0).to(x.dtype)
 
     def silu(self, x):
         return torch.nn.functional.silu(x)

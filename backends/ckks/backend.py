@@ -22,6 +22,7 @@ from backends.ckks.tensor import Packer, Weight, pow2
 from workloads.base import ConfigError, Workload, run_op
 
 SOFTMAX = ("exact", "power", "gaussian", "quad2")
+FINETUNE_WHY = "its backward multiplies transposed private activations (X^T dY): the packing lacks them"
 # 1/x input range (the softmax row sums) per variant, for seq_len <= 8; the upper end scales with
 # seq_len / 8. Row sums seen in the seeded workloads (seq 4-32, d_model 16-256): exact 0.45-72,
 # power 1e-12-627 (a row whose only score is near 0: below any usable range), quad2 17-916.

@@ -69,6 +69,12 @@ class CkksOps(Ops):
     def gelu(self, x):
         raise NotImplementedError("ckks: exact (erf) GELU has no polynomial form here; use gelu=poly")
 
+    def gelu_grad(self, x):
+        raise NotImplementedError("ckks: the exact GELU's derivative has no polynomial form here; use gelu=poly")
+
+    def step(self, x):
+        raise NotImplementedError("ckks: a step function has no polynomial form here")
+
     def silu(self, x):
         raise NotImplementedError("ckks: exact SiLU has no polynomial form here; use silu=poly")
 

@@ -122,6 +122,7 @@ class ConcreteBackend(Backend):
             "lora_update": ALL,
             "llama_block": {"softmax": ("exact", "relu", "quad2", "gaussian")},
         },
+        unsupported={"finetune": "not implemented: a TFHE training step (its backward multiplies encrypted tensors)"},
         columns=COLUMNS,
         same_cost=("gelu", "silu"),  # every form is one lookup per entry
     )

@@ -155,6 +155,12 @@ class QuantOps(HeadOps, Ops):
     def gelu(self, x):
         return self.lookup(x, lambda a: torch.nn.functional.gelu(torch.as_tensor(a)).numpy())
 
+    def gelu_grad(self, x):
+        raise NotImplementedError("concrete: no training step (finetune is not supported)")
+
+    def step(self, x):
+        raise NotImplementedError("concrete: no training step (finetune is not supported)")
+
     def silu(self, x):
         return self.lookup(x, lambda a: torch.nn.functional.silu(torch.as_tensor(a)).numpy())
 

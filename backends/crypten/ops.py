@@ -142,6 +142,20 @@ class CryptenOps(Ops):
         inner = x.mul(x.square().mul(0.044715).add(1)).mul(math.sqrt(2 / math.pi))
         return x.mul(0.5).mul(inner.tanh().add(1))
 
+    def gelu_grad(self, x):
+        """The erf form's derivative (`backend.gelu=erf`; the tanh form's otherwise)."""
+        if self.cfg.gelu == "erf":
+            cdf = x.div(math.sqrt(2)).erf().add(1).mul(0.5)
+            return cdf.add(self._counted(lambda: x.mul(x.square().mul(-0.5).exp())).div(math.sqrt(2 * math.pi)))
+        c = math.sqrt(2 / math.pi)
+        x2 = x.square()
+        t = x.mul(x2.mul(0.044715).add(1)).mul(c).tanh()
+        slope = x2.mul(3 * 0.044715).add(1).mul(c)  # d(inner)/dx
+        return t.add(1).mul(0.5).add(self._counted(lambda: x.mul(t.square().neg().add(1)).mul(slope)).mul(0.5))
+
+    def step(self, x):
+        return x.gt(0)
+
     def silu(self, x):
         return self._counted(lambda: x.mul(x.sigmoid()))
 

@@ -51,7 +51,7 @@ from backends.base import (
     Column,
 )
 from backends.ckks.backend import COLUMNS as CKKS_COLUMNS
-from backends.ckks.backend import SOFTMAX, CkksConfig, PackedCkks, cell_shape, validate_approx
+from backends.ckks.backend import FINETUNE_WHY, SOFTMAX, CkksConfig, PackedCkks, cell_shape, validate_approx
 from backends.ckks.engine import DryEngine, Stats, power_of_two_steps, signed_powers
 from backends.ckks.tensor import pow2
 from backends.lattigo import cost
@@ -105,6 +105,7 @@ class LattigoBackend(PackedCkks):
             "block": {"softmax": SOFTMAX, "gelu": ("poly", "quad")},
             "llama_block": {"softmax": SOFTMAX, "silu": ("poly", "quad")},
         },
+        unsupported={"finetune": FINETUNE_WHY},
         columns=COLUMNS,
     )
     default_tolerance = 5e-3  # as tenseal's: the approximations dominate; bootstrapping adds ~1e-6

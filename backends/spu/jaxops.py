@@ -105,6 +105,12 @@ class JaxOps(Ops):
             return puma_gelu(x)
         return 0.5 * x * (1.0 + jax.lax.erf(x / math.sqrt(2.0)))
 
+    def gelu_grad(self, x):
+        return 0.5 * (1.0 + jax.lax.erf(x / math.sqrt(2.0))) + x * jnp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+    def step(self, x):
+        return (x > 0).astype(x.dtype)
+
     def silu(self, x):
         return x * jax.nn.sigmoid(x)
 

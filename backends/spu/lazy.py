@@ -64,6 +64,13 @@ _Recorded = type("_Recorded", (Ops,), {m: _make(m) for m in Ops.__abstractmethod
 class LazyOps(_Recorded):
     """Every op of `Ops` recorded as a `Node` (see the module docstring)."""
 
+    def transpose(self, a):
+        """A public tensor's transpose is made here: SPU 0.9.5 reads a transposed constant of a
+        program as if it were reshaped (a wrong product, measured on `finetune`'s public base)."""
+        if isinstance(a, torch.Tensor):
+            return a.transpose(-2, -1).contiguous()
+        return Node("transpose", (a,))
+
     def project(self, x, ws, bs):
         """One node for the product with every map (x opened once), one `item` per map."""
         whole = Node("project", (x, tuple(ws), tuple(bs)))
@@ -116,7 +123,7 @@ class Program:
             self.inputs.append(value)
             ref = Ref(f"i{len(self.inputs) - 1}")
         elif isinstance(value, torch.Tensor):
-            self.constants.append(value.detach().numpy().astype(np.float32))
+            self.constants.append(np.ascontiguousarray(value.detach().numpy(), dtype=np.float32))
             ref = Ref(f"c{len(self.constants) - 1}")
         else:
             raise TypeError(f"an SPU op got a {type(value).__name__}; expected a value, tensor or number")

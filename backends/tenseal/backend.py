@@ -51,7 +51,7 @@ from backends.base import (
     Column,
 )
 from backends.ckks.backend import COLUMNS as CKKS_COLUMNS
-from backends.ckks.backend import SOFTMAX, CkksConfig, PackedCkks, cell_shape, validate_approx
+from backends.ckks.backend import FINETUNE_WHY, SOFTMAX, CkksConfig, PackedCkks, cell_shape, validate_approx
 from backends.ckks.tensor import pow2
 from backends.tenseal import params as cp
 from backends.tenseal.seal import translate
@@ -93,6 +93,7 @@ class TensealBackend(PackedCkks):
             "block": {"softmax": SOFTMAX, "gelu": ("poly", "quad")},
             "llama_block": {"softmax": SOFTMAX, "silu": ("poly", "quad")},
         },
+        unsupported={"finetune": FINETUNE_WHY},
         columns=COLUMNS,
     )
     default_tolerance = 5e-3  # ~10x the worst error seen (4.3e-4, block: the rsqrt approximation); noise ~1e-5

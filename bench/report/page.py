@@ -19,6 +19,7 @@ import pandas as pd
 
 from bench.manifest import MANIFEST_FILE
 from bench.project.in_report import projection_blocks
+from bench.report.claims import claim_blocks
 from bench.report.frame import ResultsError, read_run
 from bench.report.plots import Plot, draw_all
 from bench.report.render import Block, to_html, to_markdown
@@ -84,6 +85,7 @@ def document(
         ("h2", "Summary"),
         ("table", status_table(frame)),
         *warning_blocks(frame),
+        *claim_blocks(frame, manifests, out),
         ("h2", "Plots"),
     ]
     if not plots:
