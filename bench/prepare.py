@@ -131,6 +131,7 @@ def validate(job_overrides: list[list[str]]) -> str:
             try:
                 check_groups(job, choices)
                 cfg = compose_checked(task, sorted(choices))
+                check_claims_alone(cfg, job)
                 cells = job_cells(cfg)
             except (HydraException, OmegaConfBaseException) as exc:
                 message = one_line(exc, lambda parent, task=task: keys_of(task, parent))
@@ -140,6 +141,16 @@ def validate(job_overrides: list[list[str]]) -> str:
             nets = OmegaConf.to_container(cfg.networks)
             measured += [json.dumps([cell.id, nets], sort_keys=True) for cell in cells]
     return hashlib.sha1("\n".join(sorted(measured)).encode()).hexdigest()[:12]
+
+
+def check_claims_alone(cfg: DictConfig, job: list[str]) -> None:
+    """Claims pick their own cells: a backend or workload given beside them would be ignored."""
+    chosen = [o for o in job if o.lstrip("+~").split("=")[0].split(".")[0].split("@")[0] in ("backend", "workload")]
+    if cfg.claims and chosen:
+        raise ConfigError(
+            f"{chosen[0]}: claims={list(cfg.claims)} run their own cells (bench/claims.py); drop the backend and "
+            "workload settings, or drop the claims"
+        )
 
 
 def in_job(message: str, jobs: list[list[str]], job: list[str]) -> str:

@@ -143,6 +143,7 @@ BAD_INPUT = [
     ),
     (["+experiment=nosuch"], "+experiment=nosuch is unknown; choose one of: claim_ef_llm, claim_marill"),
     (["claims=[nope]"], "claims=['nope'] unknown; choose among zama_pbs, zama_accuracy"),
+    (["+experiment=claim_marill", "backend=spu"], "backend=spu: claims=['marill'] run their own cells"),
     (
         ["+experiment=fit", "workload.seq_len=4,x"],
         "workload.seq_len: Value 'x' of type 'str' could not be converted to Integer (in the job workload.seq_len=x "
