@@ -121,7 +121,7 @@ class Finetune(Workload):
         d_out, _ = rec("loss", loss)  # the loss's gradient and the loss
         grads = self.backward(ops, rec, saved, d_out, w)
         lr = self.cfg.lr
-        return rec("update", lambda: {k: ops.sub(w[k], ops.mul(grads[k], lr)) for k in self.trainable()})
+        return rec("update", lambda: {k: ops.sub(w[k], ops.mul(g, lr)) for k, g in grads.items()})
 
     # backward ----------------------------------------------------------------------------------
     # Each `grad.*` op returns a dict: the gradients of the weights it reaches that train, and under
