@@ -4,8 +4,11 @@ Each party is a spawned OS process that runs `serve` after its technology's star
 jobs (pickled callables) from this process through a pipe and answers each with its result.
 Parties inherit this process's process group (no setsid), so the harness's worker takes them
 down when it kills its group on a timeout. If any party dies, raises or stops answering within
-`timeout_s`, every party is killed and PartyError raised: the cell becomes `error` and the next
-cell starts fresh parties. Each technology keeps one pool (a cell of another config replaces it).
+`timeout_s`, or the parties together hold more than MEMORY_SHARE of the machine's memory (SPU's
+Cheetah keeps its HE and OT buffers: its GPT-2 block at seq_len 128 passes 21 GB of 24), every
+party is killed and PartyError raised: the cell becomes `error` and the next cell starts fresh
+parties, before the kernel's OOM killer picks a victim. Each technology keeps one pool (a cell
+of another config replaces it).
 """
 
 from __future__ import annotations
@@ -16,8 +19,12 @@ import socket
 import traceback
 from collections.abc import Callable, Hashable, Sequence
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from time import monotonic, perf_counter
 from typing import Any
+
+MEMORY_SHARE = 0.85  # of the machine's memory, the most a pool's parties may hold together
+GB = 1e9
 
 
 class PartyError(RuntimeError):
@@ -28,6 +35,25 @@ def free_port(addr: str) -> int:
     with socket.socket() as s:
         s.bind((addr, 0))
         return s.getsockname()[1]
+
+
+def _meminfo_bytes(field: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def resident_bytes(pids: Sequence[int]) -> int:
+    """Resident memory of processes `pids` together (those gone count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        total += next((int(ln.split()[1]) * 1024 for ln in status.splitlines() if ln.startswith("VmRSS:")), 0)
+    return total
 
 
 def serve(rank: int, conn: Connection) -> None:
@@ -51,7 +77,7 @@ class PartyPool:
 
     def __init__(self, key: Hashable, name: str, target: Callable, ranks: Sequence[int], args: tuple,
                  timeout_s: float, n_jobs: int | None = None):  # fmt: skip
-        self.key, self.procs, self.conns = key, [], []
+        self.key, self.name, self.procs, self.conns = key, name, [], []
         ctx = mp.get_context("spawn")  # clean interpreters: no threads inherited via fork
         start = perf_counter()
         for rank in ranks:
@@ -85,13 +111,24 @@ class PartyPool:
         return self._collect(conns, timeout_s, "job")
 
     def _collect(self, conns: list[Connection], timeout_s: float, what: str) -> list[Any]:
-        """Every party's answer; a death, an error or a timeout kills all parties and raises."""
+        """Every party's answer; a death, an error, a timeout or too much memory (checked every
+        second) kills all parties and raises."""
         answers: dict[int, Any] = {}
         deadline = monotonic() + timeout_s
         sentinels = {p.sentinel: i for i, p in enumerate(self.procs)}
+        machine = _meminfo_bytes("MemTotal")
         while len(answers) < len(conns):
             left = deadline - monotonic()
-            ready = wait([c for i, c in enumerate(conns) if i not in answers] + list(sentinels), max(left, 0))
+            ready = wait([c for i, c in enumerate(conns) if i not in answers] + list(sentinels), min(max(left, 0), 1))
+            held = resident_bytes(self.pids)
+            if held > MEMORY_SHARE * machine:
+                self.kill()
+                raise PartyError(
+                    f"the {self.name} parties held {held / GB:.1f} GB, over {MEMORY_SHARE:.0%} of this machine's "
+                    f"{machine / GB:.1f} GB, during the {what}: use smaller shapes or a machine with more memory"
+                )
+            if not ready and monotonic() < deadline:
+                continue
             if not ready:
                 late = ", ".join(self.procs[i].name for i in range(len(conns)) if i not in answers)
                 self.kill()

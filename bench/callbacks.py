@@ -13,12 +13,11 @@ log = logging.getLogger("encbench")
 
 
 class ReportCallback(Callback):
-    def _report(self, config: DictConfig) -> None:
+    def _report(self, config: DictConfig, run_dir: Path) -> None:
         if not config.get("report", True):
             return
         from bench.report.page import build  # matplotlib only when a report is made
 
-        run_dir = Path(config.results_dir) / config.run_id
         try:
             out = build(run_dir, config.reports_dir)
         except Exception as exc:  # the results are safe on disk; say how to retry
@@ -27,7 +26,7 @@ class ReportCallback(Callback):
         print(f"encbench: report in {out / 'index.html'} and {out / 'report.md'}", flush=True)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._report(config)
+        self._report(config, Path(config.hydra.run.dir))  # results_dir/run_id unless overridden
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._report(config)
+        self._report(config, Path(config.hydra.sweep.dir))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from backends import get as get_backend
@@ -32,7 +33,7 @@ def launcher_info() -> tuple[str, int]:
 def run_job(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
-    run_dir = Path(cfg.results_dir) / cfg.run_id
+    run_dir = Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else job_dir  # hydra.*.dir may be overridden
     _, _, harness = typed(cfg)
     cells = job_cells(cfg)
     name, parallel = launcher_info()

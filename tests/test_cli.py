@@ -72,6 +72,16 @@ def test_multirun_sweep_shares_one_run(tmp_path):
     assert len(manifests(tmp_path)) == 4
 
 
+@pytest.mark.parametrize("mode, directory", [("", "hydra.run.dir"), ("-m", "hydra.sweep.dir")])
+def test_the_report_reads_the_directory_hydra_wrote(tmp_path, mode, directory):
+    """A run or sweep moved with hydra's own setting is reported from where its rows are."""
+    where = tmp_path / "moved"
+    args = [a for a in (mode, "backend=plaintext", "workload=layernorm", "workload.seq_len=4") if a]
+    done = encbench(*args, f"{directory}={where}", "report=true", f"reports_dir={tmp_path / 'r'}", results=tmp_path)
+    assert done.returncode == 0 and "report failed" not in done.stderr, done.stderr
+    assert len(list((tmp_path / "r").glob("*/report.md"))) == 1 and len(bench.load(where)) > 0
+
+
 def test_parallel_launcher_records_jobs_in_parallel(tmp_path):
     done = encbench(
         "-m",
