@@ -61,10 +61,19 @@ from workloads.ops import Ops
 
 # compiled circuits, keys and cost-model calibrations (gigabytes): outside the repository
 CACHE_ROOT = Path(os.environ.get("ENCBENCH_CACHE", "~/.cache/encbench")).expanduser()
+# of this machine's memory, the most one cell may take by default (CKKS keys and plaintexts, MPC
+# parties): a GPT-2 head at seq_len 128 with 18.6 GiB of bootstrapping keys and 2.9 GB of rotation
+# keys was killed for memory at 24 GiB, and so was cheetah's GPT-2 block at seq_len 128
+MEMORY_SHARE = 0.85
 
 T = TypeVar("T")
 ALL = None  # in Capabilities.workloads: every variant of that workload
 _activity_sink: Callable[[str], None] = lambda text: None  # noqa: E731
+
+
+def machine_memory() -> int:
+    """This machine's physical memory, in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def report_activity(text: str) -> None:

@@ -23,7 +23,8 @@ from pathlib import Path
 from time import monotonic, perf_counter
 from typing import Any
 
-MEMORY_SHARE = 0.85  # of the machine's memory, the most a pool's parties may hold together
+from backends.base import MEMORY_SHARE, machine_memory
+
 GB = 1e9
 
 
@@ -35,13 +36,6 @@ def free_port(addr: str) -> int:
     with socket.socket() as s:
         s.bind((addr, 0))
         return s.getsockname()[1]
-
-
-def _meminfo_bytes(field: str) -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(field)
 
 
 def resident_bytes(pids: Sequence[int]) -> int:
@@ -116,7 +110,7 @@ class PartyPool:
         answers: dict[int, Any] = {}
         deadline = monotonic() + timeout_s
         sentinels = {p.sentinel: i for i, p in enumerate(self.procs)}
-        machine = _meminfo_bytes("MemTotal")
+        machine = machine_memory()
         while len(answers) < len(conns):
             left = deadline - monotonic()
             ready = wait([c for i, c in enumerate(conns) if i not in answers] + list(sentinels), min(max(left, 0), 1))
@@ -127,9 +121,9 @@ class PartyPool:
                     f"the {self.name} parties held {held / GB:.1f} GB, over {MEMORY_SHARE:.0%} of this machine's "
                     f"{machine / GB:.1f} GB, during the {what}: use smaller shapes or a machine with more memory"
                 )
-            if not ready and monotonic() < deadline:
-                continue
             if not ready:
+                if monotonic() < deadline:
+                    continue
                 late = ", ".join(self.procs[i].name for i in range(len(conns)) if i not in answers)
                 self.kill()
                 raise PartyError(f"{late} did not finish the {what} within backend.party_timeout_s={timeout_s:g}")

@@ -26,7 +26,7 @@ def hold(megabytes: int, seconds: float) -> int:
 def test_parties_over_their_memory_share_are_killed(monkeypatch):
     pool = parties.PartyPool("k", "test", idle_party, range(2), (), timeout_s=60)
     assert pool.run_each([functools.partial(hold, 1, 0)] * 2, timeout_s=60) == [1 << 20] * 2
-    machine = parties._meminfo_bytes("MemTotal")
+    machine = parties.machine_memory()
     monkeypatch.setattr(parties, "MEMORY_SHARE", (parties.resident_bytes(pool.pids) + (150 << 20)) / machine)
     pids = pool.pids
     with pytest.raises(parties.PartyError, match="the test parties held .* GB, over .* use smaller shapes"):

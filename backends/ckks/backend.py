@@ -8,13 +8,12 @@ library's failures turned into fixes), `counters` and `metrics`.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from backends.base import Backend, BackendConfig, Column, map_values
+from backends.base import MEMORY_SHARE, Backend, BackendConfig, Column, machine_memory, map_values
 from backends.ckks import approx
 from backends.ckks.engine import DryEngine
 from backends.ckks.ops import CkksOps
@@ -41,9 +40,6 @@ COLUMNS = (
 
 
 APPROX_LIMIT = 2.0**-10  # a stand-in worse than this on its stated range is refused
-# of this machine's memory, what keys and encoded weights may take by default: a GPT-2 head at seq_len
-# 128 with 18.6 GiB of bootstrapping keys and 2.9 GB of rotation keys was killed for memory at 24 GiB
-MEMORY_SHARE = 0.85
 
 
 @dataclass
@@ -204,7 +200,7 @@ class PackedCkks(Backend):
         machine's (key generation's transient peak comes on top of what the keys keep)."""
         if self.cfg.max_memory_gb is not None:
             return int(self.cfg.max_memory_gb * 2**30)
-        return int(MEMORY_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        return int(MEMORY_SHARE * machine_memory())
 
     def check_memory(self, need: int) -> None:
         """Refuse, before keygen, a cell whose keys and encoded plaintexts (`need` bytes) do not fit."""
