@@ -157,6 +157,20 @@ def test_puma_forms_cost_less_than_spus_own_on_the_block_within_tolerance():
     assert "forms=puma" in rows["puma"]["total"]["approx"]
 
 
+def test_puma_silu_is_pumas_piecewise_form_and_runs_within_tolerance():
+    """PUMA's SiLU (SPU's `hack_silu`): within 0.075 of x sigmoid(x) everywhere (its worst point is
+    just above 4, where it switches to x); a Llama block under it within tolerance on semi2k, and
+    its SiLU sends fewer bytes than SPU's x sigmoid(x) (about half, measured)."""
+    x = np.linspace(-12, 12, 24001)
+    found = np.asarray(jax.jit(JaxOps("puma").silu)(x.astype(np.float32)), dtype=np.float64)
+    assert np.abs(found - x / (1 + np.exp(-x))).max() < 0.075
+    llama = {"name": "llama_block", "seq_len": 4, "d_model": 16, "n_heads": 4, "n_kv_heads": 2}
+    rows = {forms: run_cell(SpuConfig(forms=forms, **FINE), llama) for forms in ("spu", "puma")}
+    for forms, found_rows in rows.items():
+        assert found_rows["total"]["status"] == "ok" and found_rows["total"]["accurate"], (forms, found_rows["total"])
+    assert rows["puma"]["mlp.silu"]["comm_bytes"] < rows["spu"]["mlp.silu"]["comm_bytes"]
+
+
 @pytest.mark.parametrize(
     "cfg,needle",
     [

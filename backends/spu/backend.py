@@ -19,7 +19,7 @@ Counters, from SPU's link statistics per party and run:
 - `protect`: the input's shares sent by its owner to the other parties (one round); `reveal`:
   what party 0, the user, lacks of the output (one round).
 `compile_s`: compiling the ops' programs, on their first run (the warm-up's).
-PUMA's GELU and softmax are `backend.forms=puma` (see `jaxops.py`).
+PUMA's GELU, softmax and SiLU are `backend.forms=puma` (see `jaxops.py`).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class SpuConfig(BackendConfig):
     protocol: str = "semi2k"  # semi2k (2PC, dealer) | aby3 (3PC) | cheetah (2PC, HE + OT)
     field: int = 64  # share ring Z_2^64 or Z_2^128
     fraction_bits: int = 18  # fixed-point fractional bits (SPU's default for FM64)
-    forms: str = "spu"  # GELU and softmax: spu (SPU's kernels) | puma (PUMA's approximations)
+    forms: str = "spu"  # GELU, softmax, SiLU: spu (SPU's kernels) | puma (PUMA's approximations)
     exp_iters: int = 8  # exp(x) = (1 + x / 2^n)^(2^n) (SPU's Taylor mode; PUMA's examples use 5)
     party_timeout_s: float = 900.0  # a party start or op taking longer is killed (hang detection)
 

@@ -5,7 +5,8 @@ the non-linearities (exp by Taylor, or PUMA's `exp_prime`; reciprocal and rsqrt 
 `puma` forms are PUMA's (Dong et al. 2023, arXiv 2307.12533), as SPU's own GPT-2 and LLaMA
 examples write them (`examples/python/ml/flax_llama7b`: `hack_gelu`, `hack_softmax`):
 - GELU: 0 below -4, a cubic on [-4, -1.95), a degree-6 polynomial on [-1.95, 3], x above 3;
-- softmax: x - max, then exp with inputs below -14 set to 0 (exp_prime's range), normalised.
+- softmax: x - max, then exp with inputs below -14 set to 0 (exp_prime's range), normalised;
+- SiLU (`hack_silu`): 0 below -8, a quadratic on [-8, -4), an even sextic plus x/2 on [-4, 4], x above 4.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from workloads.ops import Ops, rotate_half
 
 GELU_CUBIC = (-0.5054031199708174, -0.42226581151983866, -0.11807612951181953, -0.011034134030615728)
 GELU_SEXTIC = (0.008526321541038084, 0.5, 0.3603292692789629, 0.0, -0.037688200365904236, 0.0, 0.0018067462606141187)
+SILU_QUADRATIC = (-0.3067541139982155, -0.0819767021525476, -0.0055465625580307)  # 1, x, x^2
+SILU_SEXTIC = (0.0085064025895951, 0.5, 0.2281430841728270, -0.011113046708173, 0.0002743776353465)  # x^0,1,2,4,6
 PUMA_EXP_FLOOR = -14.0
 
 
@@ -41,6 +44,20 @@ def puma_gelu(x):
     )
 
 
+def puma_silu(x):
+    """PUMA's piecewise SiLU, with the example's three products (x^2, x^4, x^6)."""
+    x2 = x * x
+    x4 = x2 * x2
+    a, b = SILU_QUADRATIC, SILU_SEXTIC
+    quadratic = a[0] + a[1] * x + a[2] * x2
+    sextic = b[0] + b[1] * x + b[2] * x2 + b[3] * x4 + b[4] * (x2 * x4)
+    return (
+        jnp.where(x > 4.0, x, 0.0)
+        + jnp.where((x >= -8.0) & (x < -4.0), quadratic, 0.0)
+        + jnp.where((x >= -4.0) & (x <= 4.0), sextic, 0.0)
+    )
+
+
 def puma_softmax(x):
     """PUMA's softmax: exponentials below e^-14 dropped (SPU's exp_prime covers [-14, 0])."""
     x = x - jnp.max(x, axis=-1, keepdims=True)
@@ -51,7 +68,7 @@ def puma_softmax(x):
 class JaxOps(Ops):
     """Ops on jax arrays (float32 at trace time; SPU computes them in fixed point).
 
-    `forms`: `spu` (SPU's own kernels: jax.nn.softmax, erf GELU, x sigmoid(x)) or `puma`."""
+    `forms`: `spu` (SPU's own kernels: jax.nn.softmax, erf GELU, x sigmoid(x)) or `puma` (all three)."""
 
     def __init__(self, forms: str = "spu"):
         self.forms = forms
@@ -112,7 +129,7 @@ class JaxOps(Ops):
         return (x > 0).astype(x.dtype)
 
     def silu(self, x):
-        return x * jax.nn.sigmoid(x)
+        return puma_silu(x) if self.forms == "puma" else x * jax.nn.sigmoid(x)
 
     def softmax(self, x):
         return puma_softmax(x) if self.forms == "puma" else jax.nn.softmax(x, axis=-1)
