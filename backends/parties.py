@@ -25,8 +25,6 @@ from typing import Any
 
 from backends.base import MEMORY_SHARE, machine_memory
 
-GB = 1e9
-
 
 class PartyError(RuntimeError):
     """A party crashed, raised or hung; all parties were killed."""
@@ -118,8 +116,8 @@ class PartyPool:
             if held > MEMORY_SHARE * machine:
                 self.kill()
                 raise PartyError(
-                    f"the {self.name} parties held {held / GB:.1f} GB, over {MEMORY_SHARE:.0%} of this machine's "
-                    f"{machine / GB:.1f} GB, during the {what}: use smaller shapes or a machine with more memory"
+                    f"the {self.name} parties held {held / 1e9:.1f} GB, over {MEMORY_SHARE:.0%} of this machine's "
+                    f"{machine / 1e9:.1f} GB, during the {what}: use smaller shapes or a machine with more memory"
                 )
             if not ready:
                 if monotonic() < deadline:
