@@ -53,6 +53,9 @@ HARNESS = (
         ("latency_s", "s", "row", "median over repeats of the op's time; on `total`, of the whole online run "
          "(protect + ops + reveal)"),
         ("latency_iqr_s", "s", "row", "inter-quartile range over repeats; empty with one repeat"),
+        ("first_run_s", "s", "row", "the op's time in the first warm-up run, before any timed one: with the "
+         "one-time work a backend does lazily (compiling the op's program, Cheetah's HE keys and OT set-up); "
+         "`first_run_s - latency_s` is that work; on `total`, the whole first run; empty without warm-up"),
         ("repeats", "count", "row", "timed repeats behind the median (fewer than `harness.repeats` when "
          "`harness.budget_s` ran out)"),
         ("setup_s", "s", "cell", "keygen / compile / party start / weight loading, once per cell, outside `latency_s`"),
@@ -74,6 +77,8 @@ HARNESS = (
         "flag",
         ("insecure", "bool", "cell", "`security_bits` below 128 (allowed only by the backend's `allow_insecure`)"),
         ("estimated", "bool", "row", "the row's latency is modelled (a cost model), not a measured execution"),
+        ("simulated", "bool", "cell", "the MPC parties ran as threads of the harness's process (`backend.mode="
+         "simulator`, for debugging), not as processes: traffic in total only; marked `(simulator)` in reports"),
         ("isolated", "bool", "row", "the op's latency comes from the op compiled (and run) as a circuit of its own, "
          "not a slice of the fused run"),
     ),

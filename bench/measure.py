@@ -53,6 +53,7 @@ class CellMeasurement:
     op_names: list[str]
     runs: list[OnlineRun] = field(default_factory=list)
     op_errors: dict[str, tuple[float, float]] = field(default_factory=dict)
+    first: OnlineRun | None = None  # the first warm-up: one-time work the backend does lazily
 
     def worst(self) -> OnlineRun:
         """The repeat whose output was furthest from the reference."""
@@ -93,7 +94,8 @@ def measure_cell(backend: Backend, workload: Workload, harness: HarnessConfig) -
     handles = backend.setup(workload, weights)
     cell = CellMeasurement(setup_s=perf_counter() - start, op_names=list(ref_ops))
     for _ in range(harness.warmup):
-        online_run(backend, workload, inputs, handles)
+        run = online_run(backend, workload, inputs, handles)
+        cell.first = cell.first or run
     while len(cell.runs) < max(harness.repeats, 1):
         run = online_run(backend, workload, inputs, handles)
         run.abs_error, run.rel_error = reference.errors(run.revealed)  # every repeat: MPC errors vary
@@ -132,12 +134,14 @@ def tidy_rows(cell: CellMeasurement, backend: Backend, tolerance: float) -> list
     static, metrics = backend.op_counters(), backend.metrics()
     check_scopes(catalogue, backend.name, metrics, [*first.counters.values(), *static.values()])
     common = {"repeats": len(cell.runs), "tolerance": tolerance, "status": "ok"}
+    warm = cell.first.seconds if cell.first else {}
     rows = []
     for op in ops:
         med, iqr = median_iqr([r.seconds[op] for r in cell.runs if op in r.seconds])
         figures = {**first.counters.get(op, {}), **static.get(op, {})}
         errs = error_columns(*cell.op_errors.get(op, (NAN, NAN)), tolerance)
-        rows.append({"op": op, "latency_s": med, "latency_iqr_s": iqr, **common, **figures, **errs})
+        timing = {"latency_s": med, "latency_iqr_s": iqr, "first_run_s": warm.get(op, NAN)}
+        rows.append({"op": op, **timing, **common, **figures, **errs})
     summed = catalogue.select({k for row in rows for k in row}, scope="op")
     totals = {k: sum(row[k] for row in rows if k in row) for k in summed}
     replaced = {op: c["latency_s"] for op, c in static.items() if "latency_s" in c}
@@ -149,6 +153,7 @@ def tidy_rows(cell: CellMeasurement, backend: Backend, tolerance: float) -> list
         "op": TOTAL,
         "latency_s": med,
         "latency_iqr_s": iqr,
+        "first_run_s": cell.first.total_s if cell.first else NAN,
         **common,
         "setup_s": cell.setup_s,
         "inaccurate_repeats": sum(r.abs_error > tolerance for r in cell.runs),

@@ -52,6 +52,14 @@ def test_plaintext_rows_per_op_and_total():
     assert rows[-1]["setup_s"] >= 0 and all("setup_s" not in r for r in rows[:-1])  # a cell-level figure
 
 
+def test_the_first_warm_up_is_timed_per_op_apart_from_the_median():
+    warm = measure(harness=HarnessConfig(warmup=2, repeats=2))
+    assert all(r["first_run_s"] > 0 for r in warm)
+    ops = sum(r["first_run_s"] for r in warm[:-1])
+    assert ops <= warm[-1]["first_run_s"] * 1.5  # the whole first run brackets its ops
+    assert all(math.isnan(r["first_run_s"]) for r in measure())  # no warm-up: not measured
+
+
 def test_float32_error_is_measured_not_assumed():
     rows = measure(dtype="float32")
     total = rows[-1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -110,10 +111,12 @@ def run_cell(config: SpuConfig, workload: dict, harness: HarnessConfig = HARNESS
 def test_cheetah_runs_a_head_and_a_block_within_tolerance():
     """Cheetah's whole conformance is slow; a head and a block run by default."""
     for name in ("attention_head", "block"):
-        rows = run_cell(SpuConfig(protocol="cheetah"), {"name": name, "seq_len": 4, "d_model": 16, "n_heads": 2})
+        workload = {"name": name, "seq_len": 4, "d_model": 16, "n_heads": 2}
+        rows = run_cell(SpuConfig(protocol="cheetah"), workload, HarnessConfig(warmup=1, repeats=1))
         total = rows["total"]
         assert total["status"] == "ok" and total["max_abs_error"] <= total["tolerance"], total
         assert total["comm_bytes"] > 0 and total["rounds"] > 0
+        assert total["first_run_s"] >= total["compile_s"]  # the programs compile in the first (warm-up) run
 
 
 def products(m: int, k: int, n: int, backend: SpuBackend) -> dict:
@@ -171,6 +174,20 @@ def test_puma_silu_is_pumas_piecewise_form_and_runs_within_tolerance():
     assert rows["puma"]["mlp.silu"]["comm_bytes"] < rows["spu"]["mlp.silu"]["comm_bytes"]
 
 
+def test_the_simulator_mode_runs_the_same_protocol_in_threads_with_traffic_in_total_only():
+    """`backend.mode=simulator` (debugging): the same programs on in-memory links; semi2k's bytes
+    and messages are deterministic, so they equal the party processes' exactly."""
+    block = {"name": "block", "seq_len": 4, "d_model": 16, "n_heads": 2}
+    rows = {mode: run_cell(SpuConfig(mode=mode), block) for mode in ("parties", "simulator")}
+    sim = rows["simulator"]
+    assert sim["total"]["status"] == "ok" and sim["total"]["accurate"], sim["total"]
+    assert sim["total"]["simulated"] is True and SpuConfig(mode="simulator").label() == "spu[semi2k,simulator]"
+    for op, row in rows["parties"].items():
+        assert (sim[op].get("comm_bytes"), sim[op].get("rounds")) == (row.get("comm_bytes"), row.get("rounds")), op
+        assert not any(k.startswith("comm_bytes_p") for k in sim[op]), op  # whose bytes is unknown
+    assert all(isinstance(p, threading.Thread) for p in backends.parties.current("spu").procs)  # no process started
+
+
 @pytest.mark.parametrize(
     "cfg,needle",
     [
@@ -179,6 +196,7 @@ def test_puma_silu_is_pumas_piecewise_form_and_runs_within_tolerance():
         ({"forms": "mpcformer"}, "backend.forms=mpcformer"),
         ({"fraction_bits": 30}, "backend.fraction_bits=30"),
         ({"exp_iters": 0}, "backend.exp_iters=0"),
+        ({"mode": "sim"}, "backend.mode=sim"),
     ],
 )
 def test_bad_configs_are_refused_with_the_key_named(cfg, needle):

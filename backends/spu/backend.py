@@ -18,7 +18,9 @@ Counters, from SPU's link statistics per party and run:
   count bounds the rounds from above (a round in which one party sends two messages counts 2).
 - `protect`: the input's shares sent by its owner to the other parties (one round); `reveal`:
   what party 0, the user, lacks of the output (one round).
-`compile_s`: compiling the ops' programs, on their first run (the warm-up's).
+`compile_s`: compiling the ops' programs, on their first run (the warm-up's); that run's time per
+op (`first_run_s`) also holds Cheetah's lazy key and OT set-up.
+`backend.mode=simulator` (debugging): the parties as threads of this process (`simulator.py`).
 PUMA's GELU, softmax and SiLU are `backend.forms=puma` (see `jaxops.py`).
 """
 
@@ -57,6 +59,7 @@ from backends.base import (
 )
 from backends.spu import parties
 from backends.spu.lazy import LazyOps, Private, Program
+from backends.spu.simulator import SimulatorPool
 from workloads.base import require
 from workloads.ops import Ops
 
@@ -64,6 +67,7 @@ PROTOCOLS = {"semi2k": 2, "aby3": 3, "cheetah": 2}  # protocol -> parties
 DEALER = {"semi2k": "trusted first party (party 0)", "aby3": "none (honest majority)", "cheetah": "none (HE, OT)"}
 FORMS = ("spu", "puma")
 FIELDS = (64, 128)
+MODES = ("parties", "simulator")
 COLUMNS = (
     ROUNDS, COMM_BYTES, COMM_BYTES_SPLIT, APPROX,
     COMPILE_S, PARTIES, PARTY_START_S,
@@ -85,9 +89,10 @@ class SpuConfig(BackendConfig):
     forms: str = "spu"  # GELU, softmax, SiLU: spu (SPU's kernels) | puma (PUMA's approximations)
     exp_iters: int = 8  # exp(x) = (1 + x / 2^n)^(2^n) (SPU's Taylor mode; PUMA's examples use 5)
     party_timeout_s: float = 900.0  # a party start or op taking longer is killed (hang detection)
+    mode: str = "parties"  # parties (processes) | simulator (threads of this process, for debugging)
 
     def label(self) -> str:
-        return f"{self.name}[{self.protocol}]"
+        return f"{self.name}[{self.protocol}{'' if self.mode == 'parties' else ',' + self.mode}]"
 
 
 class SpuBackend(Backend):
@@ -112,6 +117,7 @@ class SpuBackend(Backend):
             (cfg.protocol in PROTOCOLS, f"backend.protocol={cfg.protocol}; allowed: {', '.join(PROTOCOLS)}"),
             (cfg.field in FIELDS, f"backend.field={cfg.field}; allowed: {', '.join(map(str, FIELDS))}"),
             (cfg.forms in FORMS, f"backend.forms={cfg.forms}; allowed: {', '.join(FORMS)}"),
+            (cfg.mode in MODES, f"backend.mode={cfg.mode}; allowed: {', '.join(MODES)}"),
             (8 <= cfg.fraction_bits <= cfg.field // 2 - 8, f"backend.fraction_bits={cfg.fraction_bits} must be in "
              f"8..{cfg.field // 2 - 8} for backend.field={cfg.field}"),
             (1 <= cfg.exp_iters <= 16, f"backend.exp_iters={cfg.exp_iters} must be in 1..16"),
@@ -127,8 +133,9 @@ class SpuBackend(Backend):
     def execute(cls, cfg, job):
         """Run `job` here (the client) with the parties started on first use, then reused."""
         cls.validate(cfg)
-        key = parties.PoolKey(PROTOCOLS[cfg.protocol], runtime_config(cfg).SerializeToString(), _log_dir())
-        pool, started = shared.pool("spu", key, functools.partial(_start, key, cfg.party_timeout_s))
+        key = parties.PoolKey(PROTOCOLS[cfg.protocol], runtime_config(cfg).SerializeToString(), _log_dir(), cfg.mode)
+        start = _start if cfg.mode == "parties" else SimulatorPool
+        pool, started = shared.pool("spu", key, functools.partial(start, key, cfg.party_timeout_s))
         backend = cls(cfg)
         backend.pool, backend.party_start_s = pool, pool.start_s if started else 0.0
         try:
@@ -199,13 +206,11 @@ class SpuBackend(Backend):
         args = (key, code, [p.name for p in program.inputs], [h.name for h in outputs], drop)
         stats = self._jobs([functools.partial(parties.run, *args)] * self.n)
         _shipped(self.pool).add(key)
-        self._add(
-            {
-                "rounds": max(s["sends"] for s in stats),
-                "comm_bytes": sum(s["sent"] for s in stats),
-                **{f"comm_bytes_p{i}": s["sent"] for i, s in enumerate(stats)},
-            }
-        )
+        if self.cfg.mode == "simulator":  # one log for all parties: whose line is whose is unknown
+            stats, per_party = self.pool.traffic(), {}
+        else:
+            per_party = {f"comm_bytes_p{i}": s["sent"] for i, s in enumerate(stats)}
+        self._add({"rounds": max(s["sends"] for s in stats), "comm_bytes": sum(s["sent"] for s in stats), **per_party})
         by_node = {id(node): h for node, h in zip(program.outputs, outputs, strict=True)}
         return map_values(lambda leaf: by_node.get(id(leaf), leaf), value)
 
@@ -249,6 +254,8 @@ class SpuBackend(Backend):
             self.totals[k] = self.totals.get(k, 0.0) + float(v)
 
     def counters(self):
+        if self.cfg.mode == "simulator":  # traffic per party is unknown for the runs: none shown
+            return {k: v for k, v in self.totals.items() if not k.startswith("comm_bytes_p")}
         return dict(self.totals)
 
     def close(self):
@@ -264,6 +271,7 @@ class SpuBackend(Backend):
             "dealer": DEALER[c.protocol],
             "field_bits": c.field,
             "fraction_bits": c.fraction_bits,
+            "simulated": c.mode == "simulator",
             "party_start_s": self.party_start_s,
             "compile_s": self.compile_s,
             "approx": f"forms={c.forms},exp=taylor{c.exp_iters},recip=newton,rsqrt=newton",

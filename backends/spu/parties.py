@@ -14,6 +14,7 @@ its own and `run` reads that line back.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -25,7 +26,7 @@ from backends.parties import serve
 LINK_STATS = re.compile(
     r"Link details: total send bytes (\d+), recv bytes (\d+), send actions (\d+), recv actions (\d+)"
 )
-_PARTY: dict[str, Any] = {}
+_PARTY = threading.local()  # this party's state: its process's, or its thread's (`simulator.py`)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class PoolKey:
     parties: int
     config: bytes  # the serialized libspu.RuntimeConfig
     log_dir: str
+    mode: str = "parties"  # parties (processes) | simulator (threads of the client)
 
 
 def party_main(rank: int, key: PoolKey, conn: Connection) -> None:
@@ -49,7 +51,7 @@ def party_main(rank: int, key: PoolKey, conn: Connection) -> None:
         options.system_log_path = str(log)
         options.log_level = libspu.logging.LogLevel.INFO  # the link statistics are info lines
         libspu.logging.setup_logging(options)
-        _PARTY.update(rank=rank, log=log, offset=0, programs={})
+        _PARTY.__dict__.update(rank=rank, log=log, offset=0, programs={})
     except BaseException as exc:  # noqa: BLE001 - reported to the pool
         conn.send(("error", f"spu party {rank} failed to start: {type(exc).__name__}: {exc}"))
         return
@@ -71,30 +73,36 @@ def connect(addresses: list[str], config: bytes, timeout_s: float) -> float:
     desc.connect_retry_times, desc.connect_retry_interval_ms = 100, 100
     desc.retry_opts.retry_interval_ms, desc.retry_opts.retry_interval_incr_ms = 100, 100
     desc.http_max_payload_size = 32 << 20
-    link = libspu.link.create_brpc(desc, _PARTY["rank"])
+    use(libspu.link.create_brpc(desc, _PARTY.rank), config)
+    return time.perf_counter() - start
+
+
+def use(link: Any, config: bytes) -> None:
+    """This party's link, and a runtime of `config` (serialized) on it."""
+    from spu import libspu
+
     cfg = libspu.RuntimeConfig()
     cfg.ParseFromString(config)
-    _PARTY.update(link=link, config=cfg)
+    _PARTY.__dict__.update(link=link, config=cfg)
     clear()
-    return time.perf_counter() - start
 
 
 def clear() -> None:
     """Job: a fresh runtime, without variables (a new cell; SPU 0.9.5's `Runtime.clear` fails)."""
     import spu.api as spu_api
 
-    _PARTY["runtime"] = spu_api.Runtime(_PARTY["link"], _PARTY["config"])
+    _PARTY.runtime = spu_api.Runtime(_PARTY.link, _PARTY.config)
 
 
 def set_vars(shares: dict[str, Any]) -> None:
     """Job: store this party's shares under their names."""
     for name, share in shares.items():
-        _PARTY["runtime"].set_var(name, share)
+        _PARTY.runtime.set_var(name, share)
 
 
 def get_var(name: str) -> Any:
     """Job: this party's share of variable `name`."""
-    return _PARTY["runtime"].get_var(name)
+    return _PARTY.runtime.get_var(name)
 
 
 def run(key: str, code: bytes | None, inputs: list[str], outputs: list[str], drop: list[str]) -> dict[str, int]:
@@ -102,26 +110,29 @@ def run(key: str, code: bytes | None, inputs: list[str], outputs: list[str], dro
     dropping the variables the client no longer holds; this party's traffic during the run."""
     from spu import libspu
 
-    runtime, programs = _PARTY["runtime"], _PARTY["programs"]
+    runtime, programs = _PARTY.runtime, _PARTY.programs
     for name in drop:
         runtime.del_var(name)
     if code is not None:
         programs[key] = code
     runtime.run(libspu.Executable(name=key, input_names=inputs, output_names=outputs, code=programs[key]))
-    return _link_stats()
+    if _PARTY.log is None:  # a simulator thread: the process's one log is read by the pool
+        return {}
+    (stats,), _PARTY.offset = link_stats(_PARTY.log, _PARTY.offset, 1)
+    return stats
 
 
-def _link_stats() -> dict[str, int]:
-    """The link statistics the last run logged (spdlog may flush a moment later)."""
-    log: Path = _PARTY["log"]
+def link_stats(log: Path, offset: int, count: int) -> tuple[list[dict[str, int]], int]:
+    """The last `count` link statistics logged after byte `offset` of `log` (spdlog may flush a
+    moment later), and the offset past them."""
     for _ in range(200):
         with log.open("rb") as f:
-            f.seek(_PARTY["offset"])
+            f.seek(offset)
             text = f.read().decode(errors="replace")
         found = LINK_STATS.findall(text)
-        if found:
-            _PARTY["offset"] += len(text.encode())
-            sent, received, sends, receives = map(int, found[-1])
-            return {"sent": sent, "received": received, "sends": sends, "receives": receives}
+        if len(found) >= count:
+            keys = ("sent", "received", "sends", "receives")
+            stats = [dict(zip(keys, map(int, line), strict=True)) for line in found[-count:]]
+            return stats, offset + len(text.encode())
         time.sleep(0.001)
     raise RuntimeError("SPU logged no link statistics for a run (RuntimeConfig.enable_pphlo_profile must be on)")

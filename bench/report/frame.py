@@ -42,7 +42,9 @@ def tidy(frame: pd.DataFrame) -> pd.DataFrame:
     # an accuracy cliff: the row says so, or its error is above its tolerance
     frame["cliff"] = frame["accurate"].eq(False) | (frame["max_abs_error"] > frame["tolerance"])
     low = frame["security_bits"] < SECURE_BITS  # a cell-level figure: on the total row
-    frame["insecure"] = low.groupby([frame["run_id"], frame["cell_id"]], dropna=False).transform("any").astype(bool)
+    cells = [frame["run_id"], frame["cell_id"]]
+    frame["insecure"] = low.groupby(cells, dropna=False).transform("any").astype(bool)
+    frame["simulated"] = frame["simulated"].groupby(cells, dropna=False).transform("any").astype(bool)
     return add_labels(frame).copy()  # one block per dtype again: the frame is wide
 
 
@@ -56,6 +58,7 @@ def add_labels(frame: pd.DataFrame) -> pd.DataFrame:
     frame["tag"] = tags(frame)
     frame["sizes"] = size_text(frame)
     warn = frame["insecure"].map({True: " ⚠INSECURE", False: ""})
+    warn += frame["simulated"].map({True: " (simulator)", False: ""})
     frame["series"] = join(frame["backend"], frame["variant"], frame["tag"]) + warn
     head = frame["backend"].astype(str) + "/" + frame["workload"].astype(str) + "[" + frame["variant"] + "]"
     frame["cell"] = join(head, frame["sizes"], frame["tag"]) + warn

@@ -204,6 +204,7 @@ def cells_table(frame: pd.DataFrame, only: list[str] | None = None) -> Table | N
     data = pd.DataFrame(
         {
             "latency": [latency_text(r) for r in cells.itertuples()],
+            **first_run(cells),
             "setup": list(cells["setup_s"].map(fmt_seconds)),
             **{c: [fmt_value(c, v) for v in cells[c]] for c in counters},
             **families,
@@ -219,6 +220,13 @@ def cells_table(frame: pd.DataFrame, only: list[str] | None = None) -> Table | N
     marks = pd.DataFrame("", index=data.index, columns=data.columns)
     marks["max abs error"] = list(cells["cliff"].map({True: "cliff", False: ""}))
     return Table(data, marks, list(cells["insecure"].map({True: "insecure", False: ""})), "cell")
+
+
+def first_run(cells: pd.DataFrame) -> dict[str, list[str]]:
+    """The first (warm-up) run's time beside the median, where the cells recorded one."""
+    if "first_run_s" not in cells or cells["first_run_s"].isna().all():
+        return {}
+    return {"first run": list(cells["first_run_s"].map(fmt_seconds))}
 
 
 def members(cells: pd.DataFrame, names: list[str]) -> dict[str, list[str]]:
