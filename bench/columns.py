@@ -55,7 +55,8 @@ HARNESS = (
         ("latency_iqr_s", "s", "row", "inter-quartile range over repeats; empty with one repeat"),
         ("first_run_s", "s", "row", "the op's time in the first warm-up run, before any timed one: with the "
          "one-time work a backend does lazily (compiling the op's program, Cheetah's HE keys and OT set-up); "
-         "`first_run_s - latency_s` is that work; on `total`, the whole first run; empty without warm-up"),
+         "`first_run_s - latency_s` is that work; on `total`, the whole first run; empty without warm-up and "
+         "where the latency is not that run's (a cost model's, or the op's own circuit's)"),
         ("repeats", "count", "row", "timed repeats behind the median (fewer than `harness.repeats` when "
          "`harness.budget_s` ran out)"),
         ("setup_s", "s", "cell", "keygen / compile / party start / weight loading, once per cell, outside `latency_s`"),

@@ -134,7 +134,9 @@ def tidy_rows(cell: CellMeasurement, backend: Backend, tolerance: float) -> list
     static, metrics = backend.op_counters(), backend.metrics()
     check_scopes(catalogue, backend.name, metrics, [*first.counters.values(), *static.values()])
     common = {"repeats": len(cell.runs), "tolerance": tolerance, "status": "ok"}
-    warm = cell.first.seconds if cell.first else {}
+    replaced = {op: c["latency_s"] for op, c in static.items() if "latency_s" in c}
+    # the first run's time where the latency is that run's kind (not a model's, nor another circuit's)
+    warm = {op: s for op, s in cell.first.seconds.items() if op not in replaced} if cell.first else {}
     rows = []
     for op in ops:
         med, iqr = median_iqr([r.seconds[op] for r in cell.runs if op in r.seconds])
@@ -144,7 +146,6 @@ def tidy_rows(cell: CellMeasurement, backend: Backend, tolerance: float) -> list
         rows.append({"op": op, **timing, **common, **figures, **errs})
     summed = catalogue.select({k for row in rows for k in row}, scope="op")
     totals = {k: sum(row[k] for row in rows if k in row) for k in summed}
-    replaced = {op: c["latency_s"] for op, c in static.items() if "latency_s" in c}
     med, iqr = median_iqr(
         [r.total_s + sum(v - r.seconds[op] for op, v in replaced.items() if op in r.seconds) for r in cell.runs]
     )
@@ -153,7 +154,7 @@ def tidy_rows(cell: CellMeasurement, backend: Backend, tolerance: float) -> list
         "op": TOTAL,
         "latency_s": med,
         "latency_iqr_s": iqr,
-        "first_run_s": cell.first.total_s if cell.first else NAN,
+        "first_run_s": cell.first.total_s if cell.first and not replaced else NAN,
         **common,
         "setup_s": cell.setup_s,
         "inaccurate_repeats": sum(r.abs_error > tolerance for r in cell.runs),
