@@ -11,6 +11,7 @@ thread stays until SPU's receive timeout).
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -20,8 +21,6 @@ from typing import Any
 
 from backends.parties import PartyError
 from backends.spu import parties
-
-_LOGGING: list[Path] = []  # SPU's process-wide log, set up once
 
 
 class SimulatedParty(threading.Thread):
@@ -90,15 +89,14 @@ class SimulatorPool:
         self.procs = []
 
 
+@functools.cache
 def _logging(log_dir: str) -> Path:
-    """SPU's log of this process, to a file (the link statistics are info lines)."""
-    if not _LOGGING:
-        from spu import libspu
+    """SPU's log of this process (set up once), to a file: the link statistics are info lines."""
+    from spu import libspu
 
-        options = libspu.logging.LogOptions()
-        options.enable_console_logger = False
-        options.system_log_path = str(Path(log_dir) / "simulator.log")
-        options.log_level = libspu.logging.LogLevel.INFO
-        libspu.logging.setup_logging(options)
-        _LOGGING.append(Path(options.system_log_path))
-    return _LOGGING[0]
+    options = libspu.logging.LogOptions()
+    options.enable_console_logger = False
+    options.system_log_path = str(Path(log_dir) / "simulator.log")
+    options.log_level = libspu.logging.LogLevel.INFO
+    libspu.logging.setup_logging(options)
+    return Path(options.system_log_path)
