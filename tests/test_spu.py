@@ -22,6 +22,7 @@ import backends
 import backends.parties
 from backends.base import map_values
 from backends.spu import SpuBackend, SpuConfig
+from backends.spu import backend as spu_backend
 from backends.spu.lazy import LazyOps, Private, Program
 from bench.accuracy import flatten
 from bench.cells import Cell, measure_job
@@ -58,8 +59,9 @@ class TestSpuCheetah(BackendConformance):
 class PlainJax:
     """Runs each op's program as plain jax (float32, no MPC), values held here by name."""
 
-    def __init__(self):
+    def __init__(self, block: int = 0):
         self.held: dict[str, np.ndarray] = {}
+        self.ops = JaxOps(block=block)
 
     def private(self, tensors: dict[str, torch.Tensor]) -> dict[str, Private]:
         self.held.update({k: v.numpy().astype(np.float32) for k, v in tensors.items()})
@@ -68,7 +70,7 @@ class PlainJax:
     def __call__(self, name, fn):
         out = fn()
         program = Program.of(out)
-        values = jax.jit(program.fn(JaxOps()))(*[self.held[p.name] for p in program.inputs])
+        values = jax.jit(program.fn(self.ops))(*[self.held[p.name] for p in program.inputs])
         named = {}
         for i, (node, value) in enumerate(zip(program.outputs, values, strict=True)):
             self.held[f"{name}{i}"] = np.array(value)  # a writable copy
@@ -79,11 +81,13 @@ class PlainJax:
         return map_values(lambda leaf: torch.from_numpy(self.held[leaf.name]).double(), value)
 
 
-def test_ops_traced_to_programs_compute_every_workload_as_the_reference():
-    """The recorded graph (`lazy`) of each op, run as plain jax, equals the float64 reference."""
+@pytest.mark.parametrize("block", [0, 7])
+def test_ops_traced_to_programs_compute_every_workload_as_the_reference(block):
+    """The recorded graph (`lazy`) of each op, run as plain jax, equals the float64 reference; the
+    same with products and non-linearities above 7 elements in blocks (Cheetah's form)."""
     sizes = {"seq_len": 4, "d_model": 16, "n_heads": 2, "d_ff": 32, "lora_rank": 2}
     for wl in variant_cells(sizes):
-        workload, plain = Cell({}, wl, {}).make_workload(), PlainJax()
+        workload, plain = Cell({}, wl, {}).make_workload(), PlainJax(block)
         out = workload.forward(LazyOps(), plain, plain.private(workload.inputs()), plain.private(workload.weights()))
         reference, _ = workload.reference()
         assert (flatten(plain.reveal(out)) - flatten(reference)).abs().max() < 1e-4, wl
@@ -102,14 +106,38 @@ def test_a_program_is_keyed_by_its_structure_shapes_and_constants():
     assert len(program.outputs) == 2 and program.inputs == [x]  # one product node, picked twice
 
 
+@pytest.mark.parametrize(
+    "a,b,block,pieces",
+    [((6, 8), (8, 10), 0, 1), ((6, 8), (8, 10), 60, 1), ((6, 8), (8, 10), 24, 3), ((3, 6, 8), (3, 8, 10), 50, 5)],
+)
+def test_products_above_the_block_run_in_column_blocks_with_the_same_result(a, b, block, pieces):
+    gen = np.random.default_rng(0)
+    x, y = gen.standard_normal(a, dtype=np.float32), gen.standard_normal(b, dtype=np.float32)
+    ops = JaxOps(block=block)
+    jaxpr = jax.make_jaxpr(ops.matmul)(x, y)
+    assert sum(e.primitive.name == "dot_general" for e in jaxpr.eqns) == pieces
+    assert np.allclose(ops.matmul(x, y), x @ y, atol=1e-5)
+
+
+@pytest.mark.parametrize("block,pieces", [(0, 1), (24, 1), (16, 2), (5, 6)])
+def test_non_linearities_above_the_block_run_in_blocks_of_rows_with_the_same_result(block, pieces):
+    x = np.random.default_rng(0).standard_normal((2, 3, 4), dtype=np.float32)
+    ops = JaxOps(block=block)
+    jaxpr = jax.make_jaxpr(ops.softmax)(x)
+    assert str(jaxpr).count("exp ") == pieces
+    assert np.allclose(ops.softmax(x), jax.nn.softmax(x, axis=-1), atol=1e-6)
+
+
 def run_cell(config: SpuConfig, workload: dict, harness: HarnessConfig = HARNESS) -> dict[str, dict]:
     cell = Cell(asdict(config), workload, asdict(harness))
     rows = SpuBackend.execute(config, functools.partial(measure_job, cell))
     return {row["op"]: row for row in rows}
 
 
-def test_cheetah_runs_a_head_and_a_block_within_tolerance():
-    """Cheetah's whole conformance is slow; a head and a block run by default."""
+def test_cheetah_runs_a_head_and_a_block_within_tolerance(monkeypatch):
+    """Cheetah's whole conformance is slow; a head and a block run by default, with products of
+    more than 24 outputs in column blocks (as GPT-2's at seq_len 128 are)."""
+    monkeypatch.setattr(spu_backend, "CHEETAH_BLOCK", 24)
     for name in ("attention_head", "block"):
         workload = {"name": name, "seq_len": 4, "d_model": 16, "n_heads": 2}
         rows = run_cell(SpuConfig(protocol="cheetah"), workload, HarnessConfig(warmup=1, repeats=1))

@@ -11,6 +11,7 @@ examples write them (`examples/python/ml/flax_llama7b`: `hack_gelu`, `hack_softm
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -31,6 +32,14 @@ def horner(x, coeffs):
     for c in reversed(coeffs[:-1]):
         acc = acc * x + c
     return acc
+
+
+def erf_gelu(x):
+    return 0.5 * x * (1.0 + jax.lax.erf(x / math.sqrt(2.0)))
+
+
+def erf_gelu_grad(x):
+    return 0.5 * (1.0 + jax.lax.erf(x / math.sqrt(2.0))) + x * jnp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
 
 
 def puma_gelu(x):
@@ -65,27 +74,39 @@ def puma_softmax(x):
     return e / jnp.sum(e, axis=-1, keepdims=True)
 
 
+def blocked_product(a, b, block: int):
+    """`a @ b`, in column blocks of `b` whose outputs hold at most `block` elements each (one block
+    when `block` is 0 or the output fits)."""
+    out = math.prod(a.shape[:-1]) * b.shape[-1]
+    if not block or out <= block:
+        return a @ b
+    width = max(1, block * b.shape[-1] // out)
+    return jnp.concatenate([a @ b[..., i : i + width] for i in range(0, b.shape[-1], width)], axis=-1)
+
+
 class JaxOps(Ops):
     """Ops on jax arrays (float32 at trace time; SPU computes them in fixed point).
 
-    `forms`: `spu` (SPU's own kernels: jax.nn.softmax, erf GELU, x sigmoid(x)) or `puma` (all three)."""
+    `forms`: `spu` (SPU's own kernels: jax.nn.softmax, erf GELU, x sigmoid(x)) or `puma` (all three).
+    `block` (0: off): products with larger outputs run in column blocks of at most that many output
+    elements, non-linearities in blocks of rows of at most that many elements."""
 
-    def __init__(self, forms: str = "spu"):
-        self.forms = forms
+    def __init__(self, forms: str = "spu", block: int = 0):
+        self.forms, self.block = forms, block
 
     def linear(self, x, w, b=None):
-        y = x @ w
+        y = self.matmul(x, w)
         return y if b is None else y + b
 
     def project(self, x, ws, bs):
         """One product with the maps side by side: x is opened (or masked) once for all."""
-        y = x @ jnp.concatenate(ws, axis=-1)
+        y = self.matmul(x, jnp.concatenate(ws, axis=-1))
         ends = list(np.cumsum([w.shape[-1] for w in ws]))
         parts = jnp.split(y, ends[:-1], axis=-1)
         return tuple(p if b is None else p + b for p, b in zip(parts, bs, strict=True))
 
     def matmul(self, a, b):
-        return a @ b
+        return blocked_product(a, b, self.block)
 
     def transpose(self, a):
         return jnp.swapaxes(a, -1, -2)
@@ -106,33 +127,38 @@ class JaxOps(Ops):
         return jnp.sum(x) if dim is None else jnp.sum(x, axis=dim, keepdims=True)
 
     def exp(self, x):
-        return jnp.exp(x)
+        return self._in_rows(jnp.exp, x)
 
     def reciprocal(self, x):
-        return 1.0 / x
+        return self._in_rows(lambda a: 1.0 / a, x)
 
     def rsqrt(self, x):
-        return jax.lax.rsqrt(x)
+        return self._in_rows(jax.lax.rsqrt, x)
 
     def relu(self, x):
-        return jnp.maximum(x, 0.0)
+        return self._in_rows(lambda a: jnp.maximum(a, 0.0), x)
 
     def gelu(self, x):
-        if self.forms == "puma":
-            return puma_gelu(x)
-        return 0.5 * x * (1.0 + jax.lax.erf(x / math.sqrt(2.0)))
+        return self._in_rows(puma_gelu if self.forms == "puma" else erf_gelu, x)
 
     def gelu_grad(self, x):
-        return 0.5 * (1.0 + jax.lax.erf(x / math.sqrt(2.0))) + x * jnp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+        return self._in_rows(erf_gelu_grad, x)
 
     def step(self, x):
-        return (x > 0).astype(x.dtype)
+        return self._in_rows(lambda a: (a > 0).astype(a.dtype), x)
 
     def silu(self, x):
-        return puma_silu(x) if self.forms == "puma" else x * jax.nn.sigmoid(x)
+        return self._in_rows(puma_silu if self.forms == "puma" else jax.nn.silu, x)
 
     def softmax(self, x):
-        return puma_softmax(x) if self.forms == "puma" else jax.nn.softmax(x, axis=-1)
+        return self._in_rows(puma_softmax if self.forms == "puma" else functools.partial(jax.nn.softmax, axis=-1), x)
+
+    def _in_rows(self, f, x):
+        """`f` (elementwise, or along the last axis) on blocks of rows of at most `block` elements."""
+        if not self.block or x.size <= self.block:
+            return f(x)
+        rows, step = x.reshape(-1, x.shape[-1]), max(1, self.block // x.shape[-1])
+        return jnp.concatenate([f(rows[i : i + step]) for i in range(0, len(rows), step)]).reshape(x.shape)
 
     def poly(self, x, coeffs):
         return horner(x, [float(c) for c in coeffs])
