@@ -63,7 +63,7 @@ from workloads.ops import Ops
 CACHE_ROOT = Path(os.environ.get("ENCBENCH_CACHE", "~/.cache/encbench")).expanduser()
 # of this machine's memory, the most one cell may take by default (CKKS keys and plaintexts, MPC
 # parties): a GPT-2 head at seq_len 128 with 18.6 GiB of bootstrapping keys and 2.9 GB of rotation
-# keys was killed for memory at 24 GiB, and so was cheetah's GPT-2 block at seq_len 128
+# keys was killed for memory at 24 GiB, as was cheetah's GPT-2 block at seq_len 128 before it ran in blocks
 MEMORY_SHARE = 0.85
 
 T = TypeVar("T")

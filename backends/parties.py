@@ -5,7 +5,8 @@ jobs (pickled callables) from this process through a pipe and answers each with 
 Parties inherit this process's process group (no setsid), so the harness's worker takes them
 down when it kills its group on a timeout. If any party dies, raises or stops answering within
 `timeout_s`, or the parties together hold more than MEMORY_SHARE of the machine's memory (SPU's
-Cheetah keeps its HE and OT buffers: its GPT-2 block at seq_len 128 passes 21 GB of 24), every
+Cheetah keeps its HE and OT buffers: its GPT-2 block at seq_len 128 passed 21 GB of 24 before its
+ops ran in blocks), every
 party is killed and PartyError raised: the cell becomes `error` and the next cell starts fresh
 parties, before the kernel's OOM killer picks a victim. Each technology keeps one pool (a cell
 of another config replaces it).
