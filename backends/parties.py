@@ -6,9 +6,8 @@ Parties inherit this process's process group (no setsid), so the harness's worke
 down when it kills its group on a timeout. If any party dies, raises or stops answering within
 `timeout_s`, or the parties together hold more than MEMORY_SHARE of the machine's memory (SPU's
 Cheetah keeps its HE and OT buffers: its GPT-2 block at seq_len 128 passed 21 GB of 24 before its
-ops ran in blocks), every
-party is killed and PartyError raised: the cell becomes `error` and the next cell starts fresh
-parties, before the kernel's OOM killer picks a victim. Each technology keeps one pool (a cell
+ops ran in blocks), every party is killed and PartyError raised: the cell becomes `error` and the
+next cell starts fresh parties, before the kernel's OOM killer picks a victim. Each technology keeps one pool (a cell
 of another config replaces it).
 """
 

@@ -74,16 +74,6 @@ def puma_softmax(x):
     return e / jnp.sum(e, axis=-1, keepdims=True)
 
 
-def blocked_product(a, b, block: int):
-    """`a @ b`, in column blocks of `b` whose outputs hold at most `block` elements each (one block
-    when `block` is 0 or the output fits)."""
-    out = math.prod(a.shape[:-1]) * b.shape[-1]
-    if not block or out <= block:
-        return a @ b
-    width = max(1, block * b.shape[-1] // out)
-    return jnp.concatenate([a @ b[..., i : i + width] for i in range(0, b.shape[-1], width)], axis=-1)
-
-
 class JaxOps(Ops):
     """Ops on jax arrays (float32 at trace time; SPU computes them in fixed point).
 
@@ -106,7 +96,12 @@ class JaxOps(Ops):
         return tuple(p if b is None else p + b for p, b in zip(parts, bs, strict=True))
 
     def matmul(self, a, b):
-        return blocked_product(a, b, self.block)
+        """`a @ b`, in column blocks of `b` whose outputs hold at most `block` elements each."""
+        out = math.prod(a.shape[:-1]) * b.shape[-1]
+        if not self.block or out <= self.block:
+            return a @ b
+        width = max(1, self.block * b.shape[-1] // out)
+        return jnp.concatenate([a @ b[..., i : i + width] for i in range(0, b.shape[-1], width)], axis=-1)
 
     def transpose(self, a):
         return jnp.swapaxes(a, -1, -2)
