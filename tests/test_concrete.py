@@ -259,16 +259,46 @@ def test_keys_too_large_for_the_machine_are_refused_before_keygen(cache):
 
 
 @pytest.mark.parametrize(
-    ("key", "value"), [("n_bits", 9), ("mode", "fast"), ("rounding_bits", 2), ("scheme", "zama"), ("rounding", "up")]
+    ("key", "value"),
+    [("n_bits", 9), ("mode", "fast"), ("rounding_bits", 2), ("scheme", "zama"), ("rounding", "up")]
+    + [("out_proj_bits", 3), ("out_proj_bits", 13)],
 )
 def test_bad_configs_are_refused_with_the_key_named(key, value):
     with pytest.raises(ConfigError, match=f"backend.{key}"):
         ConcreteBackend.validate(ConcreteConfig(**{key: value}))
 
 
-def test_settings_of_our_scheme_are_refused_for_the_demo_port():
-    with pytest.raises(ConfigError, match="backend.rounding and backend.fuse_requant apply to scheme=fused"):
-        ConcreteBackend.validate(ConcreteConfig(scheme="demo", rounding="exact"))
+@pytest.mark.parametrize("setting", [{"rounding": "exact"}, {"out_proj_bits": 8}, {"client_projection": True}])
+def test_settings_of_our_scheme_are_refused_for_the_demo_port(setting):
+    with pytest.raises(ConfigError, match="apply to scheme=fused, not to the demo's head"):
+        ConcreteBackend.validate(ConcreteConfig(scheme="demo", **setting))
+
+
+def test_approximate_rounding_is_refused_with_the_fix():
+    """Concrete's approximate rounding is one step off on some entries, which a head amplifies."""
+    with pytest.raises(ConfigError, match="backend.rounding=approximate is refused.*use backend.rounding=exact"):
+        ConcreteBackend.validate(ConcreteConfig(rounding="approximate"))
+
+
+def test_a_wider_output_projection_grid_costs_no_pbs(cache):
+    """The head's output is the projection's accumulator, which no lookup reads: the simulated
+    circuit computes the wider integers exactly, at the same PBS."""
+    cfg = {"parameter_strategy": "mono", "rounding": "exact", "isolated_ops": False}
+    base, wide = (run(head(6, 32), out_proj_bits=bits, **cfg)["total"] for bits in (None, 8))
+    assert base["status"] == wide["status"] == "ok", wide.get("error")
+    assert wide["pbs"] == base["pbs"] and wide["max_bit_width"] > base["max_bit_width"]
+    assert wide["qclear_abs_error"] == 0
+
+
+def test_client_projection_ends_the_circuit_at_the_heads_and_projects_them_in_float(cache):
+    cfg = {"mode": "compile", "parameter_strategy": "mono", "rounding": "exact", "isolated_ops": False}
+    server, client = (run(head(6, 32), client_projection=flag, **cfg) for flag in (False, True))
+    assert client["total"]["status"] == "ok", client["total"].get("error")
+    assert client["total"]["output_projection"] == "client" and server["total"]["output_projection"] == "server"
+    assert client["total"]["pbs"] == server["total"]["pbs"] - server["out_proj"]["pbs"] > 0  # its re-quantization
+    assert client["total"]["max_abs_error"] == client["out_proj"]["max_abs_error"] < 1  # projected on the client
+    block = Cell({}, {"name": "block", "seq_len": 4, "d_model": 16, "n_heads": 2}, {}).make_workload()
+    assert "attention_head" in ConcreteBackend(ConcreteConfig(client_projection=True)).why_not(block)
 
 
 def test_the_demo_port_runs_only_the_demo_cell():

@@ -163,7 +163,8 @@ def compile_entry(directory: Path, scheme: Scheme, samples, measured, configurat
             raise
         raise ConfigError(
             f"concrete: no TFHE parameters fit this circuit ({graph.maximum_integer_bit_width()}-bit values); "
-            "set backend.rounding=exact or approximate, or lower backend.n_bits"
+            "set backend.rounding=exact, lower backend.n_bits or backend.out_proj_bits, or "
+            "backend.fuse_linear_requant=false"
         ) from None
     info = {"compile_s": perf_counter() - start, "max_bit_width": graph.maximum_integer_bit_width()}
     info["name"] = compiled._name

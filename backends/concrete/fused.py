@@ -6,6 +6,10 @@ op inside its `fhe.tag`. The savings against the public demo's head (`demo`) are
 `quant`: re-quantization fused into the lookup that follows, products by squares of sums, and
 no lookups or products spent on entries the causal mask fixes.
 
+`client_projection` ends the circuit at the heads (the attention's output before its projection)
+and leaves the projection to the client, in float, as the public demo does: the client then holds
+the output projection's weights.
+
 `isolate(op)` makes one op its own circuit, for per-op latency (a fused circuit's ops cannot be
 timed apart): its encrypted inputs are the values it reads (the workload's inputs and earlier ops'
 outputs, found by tracing), and its lookups keep the slots, scales and rounders they have in the
@@ -24,6 +28,7 @@ from backends.concrete.circuit import circuit_function, inputset_entry
 from backends.concrete.quant import QuantOps
 from backends.concrete.values import Q, QuantSettings, dequantize
 from workloads.base import Capture, Workload, run_op
+from workloads.ops import TorchOps
 
 
 class FusedScheme:
@@ -60,7 +65,8 @@ class FusedScheme:
         (the structure does not depend on the input)."""
         if isinstance(self.output, tuple):
             return tuple(dequantize(q, v) for q, v in zip(self.output, out, strict=True))
-        return dequantize(self.output, out)
+        out = dequantize(self.output, out)
+        return self._client_projection(out) if self.settings.client_projection else out
 
     def decode_inputs(self, ints) -> dict[str, torch.Tensor]:
         quantized = self._inputs(self.ops, self.workload.inputs())
@@ -69,6 +75,8 @@ class FusedScheme:
     def op_outputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
         capture = Capture(self.ops.dequantize)
         self._forward(self.ops, self._inputs(self.ops, inputs), rec=capture)
+        if self.settings.client_projection:
+            capture.outputs["out_proj"] = self._client_projection(capture.outputs["av_matmul"])
         return capture.outputs
 
     def op_names(self) -> list[str]:
@@ -125,9 +133,24 @@ class FusedScheme:
         return {name: ops.encrypted(q, v) for (name, q), v in zip(x.items(), encrypted, strict=True)}
 
     def _forward(self, ops: QuantOps, x: dict[str, Q], rec=run_op):
-        """The workload on `ops`; every op's result is computed inside its own `rec` call."""
-        w = {k: ops.weight(v) for k, v in self.weights.items()}
-        return self.workload.forward(ops, lambda name, fn: rec(name, lambda: ops.resolve(fn())), x, w)
+        """The workload on `ops`; every op's result is computed inside its own `rec` call. With
+        `client_projection` the forward ends at the heads: `out_proj` returns them untouched."""
+        bits = {"wo": self.settings.out_proj_bits}
+        w = {k: ops.weight(v, bits.get(k)) for k, v in self.weights.items()}
+        last = []
+
+        def step(name, fn):
+            if name == "out_proj" and self.settings.client_projection:
+                return last[-1]
+            last.append(rec(name, lambda: ops.resolve(fn())))
+            return last[-1]
+
+        return self.workload.forward(ops, step, x, w)
+
+    def _client_projection(self, heads: torch.Tensor) -> torch.Tensor:
+        """The output projection on the client, in float, as the public demo does."""
+        torch_ops = TorchOps()
+        return torch_ops.linear(torch_ops.merge_heads(heads), self.weights["wo"], self.weights["bo"])
 
 
 class IsolatedOp:

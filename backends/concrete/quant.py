@@ -13,8 +13,10 @@ One forward over `QuantOps` runs in three modes:
 - `trace`: `v` are Concrete tracers: the circuit (ops become `fhe.tag`s, set by the backend).
 
 Where the PBS go (one programmable bootstrap per lookup per entry):
-- weights are clear integers (`n_bits`, symmetric per tensor): `linear` is a clear matmul, no PBS,
-  and leaves a wide accumulator;
+- weights are clear integers (`n_bits`, symmetric per tensor; the output projection's `out_proj_bits`):
+  `linear` is a clear matmul, no PBS, and leaves a wide accumulator; it re-quantizes a wide input
+  first (one lookup per entry) unless `fuse_linear_requant`, which multiplies the accumulator itself
+  (wider integers, finer values);
 - a lookup (exp, reciprocal, relu, requantization) reads a wide accumulator itself and maps it
   straight to its output grid: re-quantization is fused into the table (unless `fuse_requant` is
   off); with `rounding`, `round_bit_pattern` first drops the accumulator's low bits (an
@@ -72,12 +74,12 @@ class QuantOps(HeadOps, Ops):
         """`q`'s scale and structure on the circuit's input tracer `v`."""
         return Q(v, q.scale, q.fixed, q.narrow)
 
-    def weight(self, w: torch.Tensor) -> Q:
-        """A clear weight, `n_bits` symmetric per tensor (the float itself when calibrating)."""
+    def weight(self, w: torch.Tensor, bits: int | None = None) -> Q:
+        """A clear weight, `bits` (default `n_bits`) symmetric per tensor (the float itself when calibrating)."""
         w = w.numpy()
         if self.mode == "calibrate":
             return Q(w, 1.0, w)
-        scale = max(np.abs(w).max(), 1e-12) / self.qmax
+        scale = max(np.abs(w).max(), 1e-12) / (2 ** ((bits or self.s.n_bits) - 1) - 1)
         return Q(np.round(w / scale).astype(np.int64), scale, w)
 
     def resolve(self, value):
@@ -95,7 +97,8 @@ class QuantOps(HeadOps, Ops):
     # the op set ---------------------------------------------------------------------------------
 
     def linear(self, x, w, b=None):
-        x = self._narrow(self._value(x))
+        x = self._value(x)
+        x = x if self.s.fuse_linear_requant else self._narrow(x)
         const = np.nan_to_num(x.fixed) @ w.fixed + (0 if b is None else b.fixed)  # known inputs, bias
         shape = x.fixed.shape[:-1] + w.shape[-1:]
         if self.mode == "calibrate":

@@ -37,9 +37,12 @@ class Product:
 @dataclass
 class QuantSettings:
     n_bits: int  # activations and weights
-    rounding: str  # none | exact | approximate (Concrete's round_bit_pattern exactness)
+    rounding: str  # none | exact (Concrete's round_bit_pattern, exact)
     rounding_bits: int  # bits kept of a wide accumulator before a lookup
     fuse_requant: bool = True  # a lookup reads a wide accumulator itself; False: re-quantized first (+1 PBS)
+    fuse_linear_requant: bool = False  # a linear op multiplies a wide input itself; False: re-quantized first
+    out_proj_bits: int | None = None  # bits of the output projection's weights (`wo`); None: n_bits
+    client_projection: bool = False  # the circuit returns the heads; the client projects them in float
 
 
 def dequantize(q: Q, ints) -> torch.Tensor:
