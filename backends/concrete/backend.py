@@ -61,10 +61,8 @@ MODES = ("compile", "simulate", "execute")
 ROUNDING = ("none", "exact")
 STRATEGIES = ("multi", "mono")
 DEMO_CELL = ("attention_head", "softmax=exact")
-# Concrete 2.11's approximate rounding may round an accumulator one step off; measured at seq 6,
-# d_model 64, the output against the circuit's own integers with approximate rounding in one op's
-# lookups at a time: qk_matmul 1.3, softmax 1.1, av_matmul 0.2, out_proj 0.2, all of them 1.2
-# (4.6 at the demo's shape); no one lookup carries it
+# measured at seq 6, d_model 64, approximate rounding in one op's lookups at a time, the output against
+# the circuit's own integers: qk_matmul 1.3, softmax 1.1, av_matmul 0.2, out_proj 0.2, all 1.2
 APPROXIMATE_REFUSED = (
     "backend.rounding=approximate is refused: Concrete's approximate rounding is one step off on some "
     "entries and every lookup class of a head amplifies it (the output departs from the circuit's own "
